@@ -1,0 +1,114 @@
+"""The institution node: a Flower ClientApp that trains on the data under its data path.
+
+Built on Flower's ``NumPyClient`` and ``ClientApp(client_fn=...)`` because the
+secure-aggregation mod (SecAgg+) works only with that API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.common import Context, NDArrays, Scalar
+
+from clients.node_data import NodeData, load_node_data
+from federation import protocol as P
+from federation.metrics import score_metrics
+from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
+from federation.normalization import NormStats, local_moments
+from federation.training import TrainConfig, predict_proba, train_local
+
+NodeConfigResolver = Callable[[Context], Mapping[str, str]]
+
+
+class SchemaMismatchError(RuntimeError):
+    """The coordinator asked for a schema other than the one the node's data follows."""
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+class CreditNodeClient(NumPyClient):
+    """Trains the shared model on one institution's rows; only weights and aggregates leave."""
+
+    def __init__(self, node: NodeData) -> None:
+        self.node = node
+
+    def _check_schema(self, config: Mapping[str, Scalar]) -> None:
+        name, version = config.get(P.SCHEMA_NAME), config.get(P.SCHEMA_VERSION)
+        if (name, version) != (self.node.schema.name, self.node.schema.version):
+            raise SchemaMismatchError(
+                f"{self.node.institution}: run asks for schema {name} {version}, "
+                f"node data follows {self.node.schema.name} {self.node.schema.version}"
+            )
+
+    def _model(self, parameters: NDArrays, config: Mapping[str, Scalar]) -> FourDimensionModel:
+        model = FourDimensionModel(
+            self.node.train.layout,
+            ModelConfig(hidden=int(config[P.HIDDEN]), embedding_dim=int(config[P.EMBEDDING_DIM])),
+        )
+        model.set_normalization(
+            NormStats(P.decode_vector(bytes(config[P.NORM_MEAN])), P.decode_vector(bytes(config[P.NORM_STD])))  # type: ignore[arg-type]
+        )
+        load_trainable_weights(model, parameters)
+        return model
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        raise RuntimeError("the coordinator provides initial parameters; nodes never originate them")
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        self._check_schema(config)
+        train = self.node.train
+        if config[P.PHASE] == P.PHASE_STATS:
+            return [local_moments(train.numeric).astype(np.float64)], len(train), {P.INSTITUTION: self.node.institution}
+        model = self._model(parameters, config)
+        settings = TrainConfig(
+            epochs=int(config[P.EPOCHS]),
+            batch_size=int(config[P.BATCH_SIZE]),
+            learning_rate=float(config[P.LEARNING_RATE]),
+            proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),
+        )
+        seed = int(config[P.SEED]) * 100_003 + int(config[P.ROUND]) * 101 + _stable_hash(self.node.institution)
+        loss = train_local(model, train, settings, seed=seed)
+        return trainable_weights(model), len(train), {P.INSTITUTION: self.node.institution, P.TRAIN_LOSS: loss}
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        self._check_schema(config)
+        data = self.node.holdout
+        if data is None or data.label is None or len(data) == 0:
+            return 0.0, 0, {P.INSTITUTION: self.node.institution}
+        p = predict_proba(self._model(parameters, config), data)
+        metrics: dict[str, Scalar] = dict(score_metrics(data.label, p))
+        metrics[P.INSTITUTION] = self.node.institution
+        return _log_loss(data.label, p), len(data), metrics
+
+
+def _stable_hash(text: str) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(text)) % 10_007
+
+
+def node_config(context: Context) -> Mapping[str, str]:
+    """A deployed node's own configuration (``flower-supernode --node-config``)."""
+    return {k: str(v) for k, v in context.node_config.items()}
+
+
+def build_client_app(resolve: NodeConfigResolver = node_config) -> ClientApp:
+    """The node's ClientApp. ``resolve`` gives the node's ``data-path`` and ``schema``."""
+
+    def client_fn(context: Context) -> Client:
+        torch.set_num_threads(1)
+        cfg = resolve(context)
+        missing = [k for k in (P.NODE_DATA_PATH, P.NODE_SCHEMA) if not cfg.get(k)]
+        if missing:
+            raise ValueError(f"node config lacks {missing}; start the node with --node-config 'data-path=... schema=...'")
+        node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
+        return CreditNodeClient(node).to_client()
+
+    return ClientApp(client_fn=client_fn)
+
+
+app = build_client_app()

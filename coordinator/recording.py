@@ -1,0 +1,116 @@
+"""A strategy wrapper that records what happens in each round, for the run report."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from federation import protocol as P
+
+
+@dataclass
+class RoundLog:
+    """Everything the report keeps about one federated run."""
+
+    central: list[dict[str, Any]] = field(default_factory=list)  # per round, on the test set
+    institutions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def institution(self, name: str) -> dict[str, Any]:
+        return self.institutions.setdefault(name, {"train_rows": 0, "holdout_rows": 0, "rounds": []})
+
+    def round_entry(self, name: str, server_round: int) -> dict[str, Any]:
+        rounds = self.institution(name)["rounds"]
+        if not rounds or rounds[-1]["round"] != server_round:
+            rounds.append({"round": server_round})
+        return rounds[-1]
+
+
+def _clean(metrics: dict[str, Scalar]) -> dict[str, Any]:
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in metrics.items()
+        if k != P.INSTITUTION and not isinstance(v, bytes)
+    }
+
+
+class RecordingStrategy(Strategy):
+    """Delegates every decision to ``inner``; writes fit/evaluate outcomes to ``log``."""
+
+    def __init__(self, inner: Strategy, log: RoundLog) -> None:
+        super().__init__()
+        self.inner = inner
+        self.log = log
+        self._fit_started = 0.0
+
+    def __repr__(self) -> str:
+        return f"RecordingStrategy({self.inner!r})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self._fit_started = time.perf_counter()
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        for _, res in results:
+            name = str(res.metrics.get(P.INSTITUTION, "unknown"))
+            self.log.institution(name)["train_rows"] = res.num_examples
+            if P.TRAIN_LOSS in res.metrics:
+                self.log.round_entry(name, server_round)["train_loss"] = float(res.metrics[P.TRAIN_LOSS])
+        for failure in failures:
+            reason = repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+            self.log.failures.append({"round": server_round, "stage": "fit", "reason": reason})
+        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if self.log.central and self.log.central[-1]["round"] == server_round:
+            self.log.central[-1]["fit_seconds"] = time.perf_counter() - self._fit_started
+        else:
+            self.log.central.append({"round": server_round, "fit_seconds": time.perf_counter() - self._fit_started})
+        return parameters, metrics
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        for _, res in results:
+            name = str(res.metrics.get(P.INSTITUTION, "unknown"))
+            self.log.institution(name)["holdout_rows"] = res.num_examples
+            if res.num_examples:
+                self.log.round_entry(name, server_round).update(_clean(res.metrics), loss=res.loss)
+        for failure in failures:
+            reason = repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+            self.log.failures.append({"round": server_round, "stage": "evaluate", "reason": reason})
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        result = self.inner.evaluate(server_round, parameters)
+        if result is not None and server_round > 0:
+            loss, metrics = result
+            entry = {"round": server_round, "loss": loss, **_clean(metrics)}
+            if self.log.central and self.log.central[-1]["round"] == server_round:
+                self.log.central[-1].update(entry)
+            else:
+                self.log.central.append(entry)
+        return result

@@ -1,0 +1,199 @@
+"""The coordinator: a Flower ServerApp that runs one federated training.
+
+Two phases, both on Flower's legacy workflow (the one SecAgg+ plugs into):
+
+1. *normalization*: one round in which every node sends its per-column moments;
+   their row-weighted average gives the pooled mean and standard deviation;
+2. *training*: FedAvg or FedProx rounds, the global model evaluated on the
+   coordinator's test set (when it has one) and on each node's holdout rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg, FedProx, Strategy
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.serverapp import Grid
+
+from coordinator.recording import RecordingStrategy, RoundLog
+from federation import protocol as P
+from federation.loading import EncodedData, FeatureLayout, load_dataset
+from federation.metrics import score_metrics
+from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
+from federation.normalization import NormStats, stats_from_moments
+from federation.schema import Schema, resolve_schema
+from federation.training import TrainConfig, predict_proba
+
+
+STRATEGIES = ("fedavg", "fedprox")
+
+RoundCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the coordinator asks of the federation for one run."""
+
+    schema: str
+    rounds: int = 12
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+    min_institutions: int = 2
+    test_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.min_institutions < 1:
+            raise ValueError(f"min_institutions must be >= 1, got {self.min_institutions}")
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise ValueError(f"fedprox needs proximal_mu > 0, got {self.proximal_mu}")
+
+
+@dataclass
+class RunOutcome:
+    """Filled in by the ServerApp as the run proceeds."""
+
+    log: RoundLog = field(default_factory=RoundLog)
+    normalization: NormStats | None = None
+    model: FourDimensionModel | None = None
+    test_scores: np.ndarray | None = None  # final model on the test set
+    test_labels: np.ndarray | None = None
+
+
+def _global_weights(context: Context) -> NDArrays:
+    return context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+
+
+class Coordinator:
+    """Runs the two phases against whatever nodes the grid offers."""
+
+    def __init__(self, settings: RunSettings, outcome: RunOutcome, on_round: RoundCallback | None = None) -> None:
+        self.settings = settings
+        self.outcome = outcome
+        self.on_round = on_round
+        self.schema: Schema = resolve_schema(settings.schema)
+        self.layout = FeatureLayout.from_schema(self.schema)
+        self.test: EncodedData | None = (
+            load_dataset(settings.test_path, self.schema) if settings.test_path else None
+        )
+
+    def _base_config(self) -> dict[str, Scalar]:
+        return {
+            P.SCHEMA_NAME: self.schema.name,
+            P.SCHEMA_VERSION: self.schema.version,
+            P.SEED: self.settings.seed,
+        }
+
+    def _model_config(self, stats: NormStats) -> dict[str, Scalar]:
+        return {
+            **self._base_config(),
+            P.PHASE: P.PHASE_TRAIN,
+            P.HIDDEN: self.settings.model.hidden,
+            P.EMBEDDING_DIM: self.settings.model.embedding_dim,
+            P.NORM_MEAN: P.encode_vector(stats.mean),
+            P.NORM_STD: P.encode_vector(stats.std),
+        }
+
+    def new_model(self, stats: NormStats) -> FourDimensionModel:
+        torch.manual_seed(self.settings.seed)
+        model = FourDimensionModel(self.layout, self.settings.model)
+        model.set_normalization(stats)
+        return model
+
+    def normalization_phase(self, grid: Grid, context: Context) -> NormStats:
+        n = self.settings.min_institutions
+        strategy = FedAvg(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=n,
+            min_available_clients=n,
+            accept_failures=False,
+            on_fit_config_fn=lambda _: {**self._base_config(), P.PHASE: P.PHASE_STATS},
+            initial_parameters=ndarrays_to_parameters([np.zeros((3, len(self.layout.numeric)))]),
+        )
+        DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=1), strategy))
+        return stats_from_moments(_global_weights(context)[0])
+
+    def training_strategy(self, stats: NormStats) -> Strategy:
+        train = self.settings.train
+        fit_config = {
+            **self._model_config(stats),
+            P.EPOCHS: train.epochs,
+            P.BATCH_SIZE: train.batch_size,
+            P.LEARNING_RATE: train.learning_rate,
+        }
+        eval_config = self._model_config(stats)
+        common = {
+            "fraction_fit": 1.0,
+            "fraction_evaluate": 1.0,
+            "min_fit_clients": self.settings.min_institutions,
+            "min_evaluate_clients": self.settings.min_institutions,
+            "min_available_clients": self.settings.min_institutions,
+            "on_fit_config_fn": lambda server_round: {**fit_config, P.ROUND: server_round},
+            "on_evaluate_config_fn": lambda server_round: {**eval_config, P.ROUND: server_round},
+            "initial_parameters": ndarrays_to_parameters(trainable_weights(self.new_model(stats))),
+            "evaluate_fn": self._evaluate_fn(stats) if self.test is not None else None,
+        }
+        if self.settings.strategy == "fedprox":
+            return FedProx(proximal_mu=self.settings.proximal_mu, **common)
+        return FedAvg(**common)
+
+    def _evaluate_fn(
+        self, stats: NormStats
+    ) -> Callable[[int, NDArrays, dict[str, Scalar]], tuple[float, dict[str, Scalar]] | None]:
+        model = self.new_model(stats)
+        test = self.test
+        assert test is not None and test.label is not None
+        label = test.label
+
+        def evaluate(server_round: int, weights: NDArrays, _: dict[str, Scalar]) -> tuple[float, dict[str, Scalar]]:
+            load_trainable_weights(model, weights)
+            p = predict_proba(model, test)
+            metrics = score_metrics(label, p)
+            if server_round > 0 and self.on_round is not None:
+                self.on_round(server_round, metrics)
+            clipped = np.clip(p, 1e-7, 1 - 1e-7)
+            loss = float(-np.mean(label * np.log(clipped) + (1 - label) * np.log(1 - clipped)))
+            return loss, dict(metrics)
+
+        return evaluate
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        stats = self.normalization_phase(grid, context)
+        self.outcome.normalization = stats
+        strategy = RecordingStrategy(self.training_strategy(stats), self.outcome.log)
+        DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy))
+        model = self.new_model(stats)
+        load_trainable_weights(model, _global_weights(context))
+        self.outcome.model = model
+        if self.test is not None:
+            self.outcome.test_scores = predict_proba(model, self.test)
+            self.outcome.test_labels = self.test.label
+
+
+def build_server_app(
+    settings: RunSettings, outcome: RunOutcome, on_round: RoundCallback | None = None
+) -> ServerApp:
+    """A ServerApp that runs ``settings`` and fills ``outcome``."""
+    app = ServerApp()
+    coordinator = Coordinator(settings, outcome, on_round)
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        coordinator(grid, context)
+
+    return app

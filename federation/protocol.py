@@ -1,0 +1,41 @@
+"""Keys of the messages exchanged between coordinator and nodes, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+# fit/evaluate config keys sent by the coordinator
+PHASE: Final = "phase"
+PHASE_STATS: Final = "normalization-stats"
+PHASE_TRAIN: Final = "train"
+SCHEMA_NAME: Final = "schema-name"
+SCHEMA_VERSION: Final = "schema-version"
+ROUND: Final = "round"
+SEED: Final = "seed"
+EPOCHS: Final = "local-epochs"
+BATCH_SIZE: Final = "batch-size"
+LEARNING_RATE: Final = "learning-rate"
+PROXIMAL_MU: Final = "proximal_mu"  # the key Flower's FedProx strategy sends
+HIDDEN: Final = "model-hidden"
+EMBEDDING_DIM: Final = "model-embedding-dim"
+NORM_MEAN: Final = "norm-mean"
+NORM_STD: Final = "norm-std"
+
+# metrics keys returned by nodes
+INSTITUTION: Final = "institution"
+TRAIN_LOSS: Final = "train-loss"
+
+# node config keys (flower-supernode --node-config)
+NODE_DATA_PATH: Final = "data-path"
+NODE_SCHEMA: Final = "schema"
+NODE_NAME: Final = "institution"
+
+
+def encode_vector(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+
+def decode_vector(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").copy()
