@@ -18,7 +18,7 @@ from federation import protocol as P
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, local_moments
-from federation.training import TrainConfig, predict_proba, train_local
+from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
 
 NodeConfigResolver = Callable[[Context], Mapping[str, str]]
 
@@ -66,6 +66,8 @@ class CreditNodeClient(NumPyClient):
         if config[P.PHASE] == P.PHASE_STATS:
             return [local_moments(train.numeric).astype(np.float64)], len(train), {P.INSTITUTION: self.node.institution}
         model = self._model(parameters, config)
+        if config[P.PHASE] == P.PHASE_REFERENCE:
+            return [mean_raw_contributions(model, train)], len(train), {P.INSTITUTION: self.node.institution}
         settings = TrainConfig(
             epochs=int(config[P.EPOCHS]),
             batch_size=int(config[P.BATCH_SIZE]),

@@ -51,6 +51,7 @@ class RunSettings:
     seed: int = 0
     min_institutions: int = 2
     test_path: Path | None = None
+    evaluate_on_nodes: bool = True  # each node scores the global model on its holdout rows
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -72,6 +73,18 @@ class RunOutcome:
     model: FourDimensionModel | None = None
     test_scores: np.ndarray | None = None  # final model on the test set
     test_labels: np.ndarray | None = None
+
+
+def weighted_mean_metrics(results: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """Row-weighted mean of every numeric metric the nodes report (NaN-free ones only)."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for n, metrics in results:
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+                sums[key] = sums.get(key, 0.0) + n * float(value)
+                weights[key] = weights.get(key, 0) + n
+    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
 def _global_weights(context: Context) -> NDArrays:
@@ -114,7 +127,13 @@ class Coordinator:
         model.set_normalization(stats)
         return model
 
-    def normalization_phase(self, grid: Grid, context: Context) -> NormStats:
+    def _one_round_average(
+        self, grid: Grid, context: Context, config: dict[str, Scalar], initial: NDArrays, shape: tuple[int, ...]
+    ) -> np.ndarray:
+        """One round in which every node returns one array; their row-weighted average.
+
+        Under secure aggregation the coordinator only ever sees this average.
+        """
         n = self.settings.min_institutions
         strategy = FedAvg(
             fraction_fit=1.0,
@@ -122,11 +141,26 @@ class Coordinator:
             min_fit_clients=n,
             min_available_clients=n,
             accept_failures=False,
-            on_fit_config_fn=lambda _: {**self._base_config(), P.PHASE: P.PHASE_STATS},
-            initial_parameters=ndarrays_to_parameters([np.zeros((3, len(self.layout.numeric)))]),
+            on_fit_config_fn=lambda _: config,
+            initial_parameters=ndarrays_to_parameters(initial),
         )
         DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=1), strategy))
-        return stats_from_moments(_global_weights(context)[0])
+        result = _global_weights(context)[0]
+        if result.shape != shape:
+            raise RuntimeError(f"nodes returned an array of shape {result.shape}, expected {shape}")
+        return result
+
+    def normalization_phase(self, grid: Grid, context: Context) -> NormStats:
+        """Pooled mean and std of every numeric input, from per-node moments."""
+        shape = (3, len(self.layout.numeric))
+        config = {**self._base_config(), P.PHASE: P.PHASE_STATS}
+        return stats_from_moments(self._one_round_average(grid, context, config, [np.zeros(shape)], shape))
+
+    def reference_phase(self, grid: Grid, context: Context, model: FourDimensionModel, stats: NormStats) -> np.ndarray:
+        """Federated mean of each tower's output: the zero point of the contributions."""
+        config = {**self._model_config(stats), P.PHASE: P.PHASE_REFERENCE}
+        shape = (len(model.dimensions),)
+        return self._one_round_average(grid, context, config, trainable_weights(model), shape)
 
     def training_strategy(self, stats: NormStats) -> Strategy:
         train = self.settings.train
@@ -139,14 +173,16 @@ class Coordinator:
         eval_config = self._model_config(stats)
         common = {
             "fraction_fit": 1.0,
-            "fraction_evaluate": 1.0,
+            "fraction_evaluate": 1.0 if self.settings.evaluate_on_nodes else 0.0,
             "min_fit_clients": self.settings.min_institutions,
-            "min_evaluate_clients": self.settings.min_institutions,
+            "min_evaluate_clients": self.settings.min_institutions if self.settings.evaluate_on_nodes else 0,
             "min_available_clients": self.settings.min_institutions,
             "on_fit_config_fn": lambda server_round: {**fit_config, P.ROUND: server_round},
             "on_evaluate_config_fn": lambda server_round: {**eval_config, P.ROUND: server_round},
             "initial_parameters": ndarrays_to_parameters(trainable_weights(self.new_model(stats))),
             "evaluate_fn": self._evaluate_fn(stats) if self.test is not None else None,
+            "fit_metrics_aggregation_fn": weighted_mean_metrics,
+            "evaluate_metrics_aggregation_fn": weighted_mean_metrics,
         }
         if self.settings.strategy == "fedprox":
             return FedProx(proximal_mu=self.settings.proximal_mu, **common)
@@ -179,6 +215,7 @@ class Coordinator:
         DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy))
         model = self.new_model(stats)
         load_trainable_weights(model, _global_weights(context))
+        model.set_reference(self.reference_phase(grid, context, model, stats))
         self.outcome.model = model
         if self.test is not None:
             self.outcome.test_scores = predict_proba(model, self.test)

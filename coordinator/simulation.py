@@ -49,6 +49,7 @@ def flower_environment(var_dir: Path = PROJECT_VAR) -> None:
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("FLWR_HOME", str((var_dir / "flwr").resolve()))
     Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
 
@@ -67,7 +68,7 @@ def run_simulated_federation(
     from flwr.simulation import run_simulation  # imports Ray: keep it off the CLI's start-up path
 
     if quiet:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     outcome = RunOutcome()
     server_app = build_server_app(settings, outcome, on_round)
     client_app = build_client_app(SimulatedNodeConfigs(nodes))

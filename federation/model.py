@@ -71,6 +71,9 @@ class FourDimensionModel(nn.Module):
             tower.register_buffer("cat_idx", torch.tensor(cat_cols, dtype=torch.long))
             self.towers[dim.value] = tower
         self.bias = nn.Parameter(torch.zeros(1))
+        # Mean raw tower output over the federation's rows: contributions are reported
+        # relative to it, so a positive one means "riskier than the average borrower".
+        self.register_buffer("reference", torch.zeros(len(self.dimensions)))
 
     def set_normalization(self, stats: NormStats) -> None:
         if stats.mean.shape != (len(self.layout.numeric),):
@@ -80,8 +83,8 @@ class FourDimensionModel(nn.Module):
         self.mean.copy_(torch.as_tensor(stats.mean, dtype=torch.float32))
         self.std.copy_(torch.as_tensor(stats.std, dtype=torch.float32))
 
-    def contributions(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """Per-dimension logit contributions, shape (rows, dimensions)."""
+    def raw_contributions(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Per-dimension tower outputs, shape (rows, dimensions)."""
         missing = torch.isnan(numeric)
         z = torch.where(missing, torch.zeros_like(numeric), (numeric - self.mean) / self.std)
         missing_f = missing.to(z.dtype)
@@ -91,8 +94,24 @@ class FourDimensionModel(nn.Module):
             outs.append(tower(z, missing_f, categorical[:, tower.cat_idx]))
         return torch.stack(outs, dim=1)
 
+    def contributions(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Per-dimension logit contributions relative to the average borrower.
+
+        ``contributions(x).sum(1) + baseline() == forward(x)`` exactly.
+        """
+        return self.raw_contributions(numeric, categorical) - self.reference
+
+    def baseline(self) -> torch.Tensor:
+        """The logit of a borrower whose every dimension is at the federation's average."""
+        return self.bias + self.reference.sum()
+
+    def set_reference(self, reference: np.ndarray) -> None:
+        if reference.shape != (len(self.dimensions),):
+            raise ValueError(f"reference has shape {reference.shape}, expected ({len(self.dimensions)},)")
+        self.reference.copy_(torch.as_tensor(reference, dtype=torch.float32))
+
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        return self.contributions(numeric, categorical).sum(dim=1) + self.bias
+        return self.raw_contributions(numeric, categorical).sum(dim=1) + self.bias
 
 
 def tensors(data: EncodedData) -> tuple[torch.Tensor, torch.Tensor]:

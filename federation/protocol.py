@@ -10,6 +10,7 @@ import numpy as np
 PHASE: Final = "phase"
 PHASE_STATS: Final = "normalization-stats"
 PHASE_TRAIN: Final = "train"
+PHASE_REFERENCE: Final = "contribution-reference"
 SCHEMA_NAME: Final = "schema-name"
 SCHEMA_VERSION: Final = "schema-version"
 ROUND: Final = "round"

@@ -77,3 +77,11 @@ def predict_logits(model: FourDimensionModel, data: EncodedData) -> np.ndarray:
 
 def predict_proba(model: FourDimensionModel, data: EncodedData) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-predict_logits(model, data).astype(np.float64)))
+
+
+@torch.no_grad()
+def mean_raw_contributions(model: FourDimensionModel, data: EncodedData) -> np.ndarray:
+    """Mean tower output per dimension over ``data`` (float64, shape (dimensions,))."""
+    model.eval()
+    numeric, categorical = tensors(data)
+    return model.raw_contributions(numeric, categorical).double().mean(dim=0).numpy()

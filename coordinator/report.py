@@ -1,0 +1,99 @@
+"""The run report: JSON with per-round and per-institution metrics, the model, a PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from coordinator.server_app import RunOutcome, RunSettings  # noqa: E402
+from federation.metrics import score_metrics  # noqa: E402
+from federation.model import save_model  # noqa: E402
+
+REPORT_FILE = "report.json"
+MODEL_FILE = "model.pt"
+PLOT_FILE = "report.png"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def settings_dict(settings: RunSettings) -> dict[str, Any]:
+    return {
+        "schema": settings.schema,
+        "rounds": settings.rounds,
+        "strategy": settings.strategy,
+        "proximal_mu": settings.proximal_mu if settings.strategy == "fedprox" else None,
+        "local_epochs": settings.train.epochs,
+        "batch_size": settings.train.batch_size,
+        "learning_rate": settings.train.learning_rate,
+        "hidden": settings.model.hidden,
+        "embedding_dim": settings.model.embedding_dim,
+        "seed": settings.seed,
+        "min_institutions": settings.min_institutions,
+    }
+
+
+def write_report(run_dir: Path, run_id: str, settings: RunSettings, outcome: RunOutcome, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write ``report.json``, ``model.pt`` and ``report.png`` into ``run_dir``; returns the report."""
+    assert outcome.model is not None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = None
+    if outcome.test_scores is not None and outcome.test_labels is not None:
+        final = score_metrics(outcome.test_labels, outcome.test_scores)
+    report = _json_safe(
+        {
+            "run_id": run_id,
+            "settings": settings_dict(settings),
+            "final_test_metrics": final,
+            "rounds": outcome.log.central,
+            "institutions": outcome.log.institutions,
+            "failures": outcome.log.failures,
+            **extra,
+        }
+    )
+    save_model(outcome.model, run_dir / MODEL_FILE, {"run_id": run_id, "schema": settings.schema})
+    (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
+    plot_run(run_dir / PLOT_FILE, outcome)
+    return report
+
+
+def plot_run(path: Path, outcome: RunOutcome) -> None:
+    """Left: test AUC and each institution's holdout AUC per round. Right: final ROC curve."""
+    fig, (ax_auc, ax_roc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rounds = [r["round"] for r in outcome.log.central if "auc" in r]
+    if rounds:
+        ax_auc.plot(rounds, [r["auc"] for r in outcome.log.central if "auc" in r], "k-o", lw=2, label="test set")
+    for name, inst in sorted(outcome.log.institutions.items()):
+        pts = [(r["round"], r["auc"]) for r in inst["rounds"] if r.get("auc") is not None]
+        if pts:
+            ax_auc.plot(*zip(*pts, strict=True), lw=1, alpha=0.7, label=f"{name} (holdout)")
+    ax_auc.set(xlabel="round", ylabel="AUC", title="AUC per round")
+    ax_auc.grid(alpha=0.3)
+    ax_auc.legend(fontsize=7)
+    if outcome.test_scores is not None and outcome.test_labels is not None:
+        fpr, tpr, _ = roc_curve(outcome.test_labels, outcome.test_scores)
+        ax_roc.plot(fpr, tpr, lw=2, label="federated model")
+    ax_roc.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test set")
+    ax_roc.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Lay out a simulated federation on disk: one folder per institution plus a test set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from federation.partition import (
+    assign_institutions,
+    dirichlet_label_assignment,
+    institution_profiles,
+    write_institution,
+    write_partition,
+)
+from federation.synthetic import LABEL_COLUMN, generate_sme
+
+DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
+UCI_HOMO_BANKS = ("guest", "host_1", "host_2")
+TEST_FILE = "test.csv"
+
+
+@dataclass(frozen=True)
+class Federation:
+    schema: str
+    institutions: dict[str, Path]  # name -> data folder
+    test_path: Path
+
+
+def fate_data_dir(explicit: str | Path | None = None) -> Path:
+    """Folder with the FATE credit files: ``explicit``, else ``$FEDCREDIT_DATA_DIR``."""
+    value = explicit or os.environ.get(DATA_DIR_ENV)
+    if not value:
+        raise FileNotFoundError(f"no UCI data folder: pass --data-dir or set {DATA_DIR_ENV}")
+    path = Path(value)
+    if not (path / "default_credit_homo_test.csv").is_file():
+        raise FileNotFoundError(f"{path}: no default_credit_homo_test.csv here; is this the FATE data folder?")
+    return path
+
+
+def sme_federation(
+    out_dir: Path,
+    institutions: int,
+    rows: int,
+    seed: int = 0,
+    test_rows: int = 20_000,
+    holdout_fraction: float = 0.25,
+    label_skew_alpha: float | None = None,
+) -> Federation:
+    """Synthetic SME borrowers split into realistic institutions (or by Dirichlet label skew)."""
+    frame = generate_sme(rows, seed=seed)
+    names = [p.name for p in institution_profiles(institutions)]
+    if label_skew_alpha is None:
+        assignment = assign_institutions(frame, institutions, seed=seed + 1)
+    else:
+        assignment = dirichlet_label_assignment(frame[LABEL_COLUMN].to_numpy(), institutions, label_skew_alpha, seed + 1)
+    folders = write_partition(frame, assignment, names, out_dir / "institutions", holdout_fraction, seed)
+    test_path = out_dir / TEST_FILE
+    generate_sme(test_rows, seed=seed + 10_000).to_csv(test_path, index=False)
+    return Federation("sme", folders, test_path)
+
+
+def uci_federation(
+    out_dir: Path, institutions: int = 3, data_dir: str | Path | None = None, seed: int = 0, holdout_fraction: float = 0.2
+) -> Federation:
+    """The FATE homo split of the UCI Taiwan data: three banks (or the same rows re-split)."""
+    source = fate_data_dir(data_dir)
+    banks = [pd.read_csv(source / f"default_credit_homo_{b}.csv") for b in UCI_HOMO_BANKS]
+    root = out_dir / "institutions"
+    if institutions == len(UCI_HOMO_BANKS):
+        folders = {
+            f"bank_{b}": write_institution(frame, root / f"bank_{b}", holdout_fraction, seed + k)
+            for k, (b, frame) in enumerate(zip(UCI_HOMO_BANKS, banks, strict=True))
+        }
+    else:
+        if institutions < 2:
+            raise ValueError(f"institutions must be >= 2, got {institutions}")
+        pooled = pd.concat(banks, ignore_index=True)
+        assignment = np.random.default_rng(seed).integers(0, institutions, len(pooled))
+        names = [f"bank_{k + 1}" for k in range(institutions)]
+        folders = write_partition(pooled, assignment, names, root, holdout_fraction, seed)
+    return Federation("uci_homo", folders, source / "default_credit_homo_test.csv")

@@ -1,0 +1,63 @@
+"""Turn model outputs into a probability of default, a points score and per-dimension parts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from federation.loading import EncodedData
+from federation.model import FourDimensionModel, tensors
+
+# Points scale: 600 points at odds of 50 good : 1 bad, 20 points to double the odds.
+BASE_POINTS = 600.0
+BASE_ODDS = 50.0
+POINTS_TO_DOUBLE_ODDS = 20.0
+FACTOR = POINTS_TO_DOUBLE_ODDS / math.log(2)
+
+
+def points_from_logit(logit: np.ndarray) -> np.ndarray:
+    """Credit points from the log-odds of default (higher points = lower risk)."""
+    return BASE_POINTS + FACTOR * (-logit - math.log(BASE_ODDS))
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    ids: np.ndarray
+    probability_of_default: np.ndarray
+    points: np.ndarray
+    logit: np.ndarray
+    bias: float
+    dimensions: tuple[str, ...]
+    contributions: np.ndarray  # (rows, dimensions), logit scale; sum + bias = logit
+
+    def row(self, i: int) -> dict[str, object]:
+        return {
+            "id": str(self.ids[i]),
+            "probability_of_default": float(self.probability_of_default[i]),
+            "points": round(float(self.points[i]), 1),
+            "logit": float(self.logit[i]),
+            "baseline": self.bias,
+            "contributions": {d: float(c) for d, c in zip(self.dimensions, self.contributions[i], strict=True)},
+        }
+
+
+@torch.no_grad()
+def score(model: FourDimensionModel, data: EncodedData) -> ScoreBatch:
+    """Score every row of ``data`` in one batch."""
+    model.eval()
+    numeric, categorical = tensors(data)
+    parts = model.contributions(numeric, categorical).numpy().astype(np.float64)
+    bias = float(model.baseline().item())
+    logit = parts.sum(axis=1) + bias
+    return ScoreBatch(
+        ids=data.ids,
+        probability_of_default=1.0 / (1.0 + np.exp(-logit)),
+        points=points_from_logit(logit),
+        logit=logit,
+        bias=bias,
+        dimensions=tuple(d.value for d in model.dimensions),
+        contributions=parts,
+    )

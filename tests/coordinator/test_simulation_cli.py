@@ -1,0 +1,105 @@
+"""End to end: `fedcredit simulate` on Flower's simulation engine, then `fedcredit score`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coordinator.cli import app
+from federation.loading import load_dataset
+from federation.normalization import combine_moments, local_moments, stats_from_moments
+from federation.schema import resolve_schema
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grocery_store_couple.csv"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    workdir = tmp_path_factory.mktemp("fedcredit")
+    old = Path.cwd()
+    os.chdir(workdir)
+    try:
+        result = runner.invoke(
+            app, ["simulate", "--dataset", "sme", "--institutions", "3", "--rounds", "3", "--rows", "8000", "--seed", "1"]
+        )
+        assert result.exit_code == 0, result.output
+        (run_dir,) = list((workdir / "var" / "runs").iterdir())
+        yield run_dir, result.output
+    finally:
+        os.chdir(old)
+
+
+def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None:
+    run_dir, output = run
+    assert "test set: AUC" in output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    aucs = [r["auc"] for r in report["rounds"]]
+    assert aucs[-1] > aucs[0]
+    assert report["final_test_metrics"]["auc"] == pytest.approx(aucs[-1])
+    assert report["final_test_metrics"]["auc"] > 0.65
+    assert set(report["institutions"]) == {"national_bank", "online_bank", "rural_cooperative"}
+    for inst in report["institutions"].values():
+        assert inst["train_rows"] > 0 and inst["holdout_rows"] > 0
+        assert [r["round"] for r in inst["rounds"]] == [1, 2, 3]
+        assert "auc" in inst["rounds"][-1] and "train_loss" in inst["rounds"][-1]
+    assert report["failures"] == []
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_normalization_was_computed_federatedly_and_exactly(run: tuple[Path, str]) -> None:
+    run_dir, _ = run
+    schema = resolve_schema("sme")
+    parts = [load_dataset(f / "train.csv", schema) for f in sorted((run_dir / "institutions").iterdir())]
+    pooled = stats_from_moments(combine_moments([local_moments(p.numeric) for p in parts], [len(p) for p in parts]))
+    direct = np.nanmean(np.concatenate([p.numeric for p in parts]).astype(np.float64), axis=0)
+    state = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    np.testing.assert_allclose(state["mean"].numpy(), pooled.mean, rtol=1e-6)
+    np.testing.assert_allclose(state["mean"].numpy(), direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state["std"].numpy(), pooled.std, rtol=1e-6)
+
+
+def test_score_the_grocery_couple_with_the_run_model(run: tuple[Path, str]) -> None:
+    run_dir, _ = run
+    result = runner.invoke(app, ["score", str(EXAMPLE), "--model", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["scores"]
+    assert row["id"] == "grocery-couple"
+    assert set(row["contributions"]) == {"operations", "credit", "behaviour", "scenario"}
+    assert sum(row["contributions"].values()) + row["baseline"] == pytest.approx(row["logit"], abs=1e-6)
+    assert 0 < row["probability_of_default"] < 0.5
+    table = runner.invoke(app, ["score", str(EXAMPLE), "--model", str(run_dir / "model.pt")])
+    assert "probability of default" in table.output and "credit" in table.output
+
+
+def test_score_refuses_a_missing_model(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["score", str(EXAMPLE), "--model", str(tmp_path / "none.pt")])
+    assert result.exit_code == 2
+    assert "no model at" in result.output
+
+
+def test_validate_reports_bad_data(tmp_path: Path) -> None:
+    frame = pd.read_csv(EXAMPLE).assign(default_12m=7)
+    frame = pd.concat([frame] * 60, ignore_index=True)
+    frame["business_id"] = [f"b{i}" for i in range(60)]
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    result = runner.invoke(app, ["data", "validate", str(path), "--schema", "sme"])
+    assert result.exit_code == 2
+    assert "label must be 0 or 1" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["simulate"], ["score"], ["demo"], ["data", "generate"], ["schema", "show"]])
+def test_help_reads(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
