@@ -7,6 +7,8 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_HOME := $(CURDIR)/var/flwr
 export RAY_USAGE_STATS_ENABLED := 0
+# The UCI Taiwan credit files (FATE's copies), for the tests and benchmarks that use them.
+export FEDCREDIT_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data/fate)
 
 .PHONY: install demo test lint quality clean
 

@@ -42,7 +42,7 @@ class CreditNodeClient(NumPyClient):
         name, version = config.get(P.SCHEMA_NAME), config.get(P.SCHEMA_VERSION)
         if (name, version) != (self.node.schema.name, self.node.schema.version):
             raise SchemaMismatchError(
-                f"{self.node.institution}: run asks for schema {name} {version}, "
+                f"{self.node.institution}: run asks for schema {name!s} {version!s}, "
                 f"node data follows {self.node.schema.name} {self.node.schema.version}"
             )
 
@@ -64,7 +64,11 @@ class CreditNodeClient(NumPyClient):
         self._check_schema(config)
         train = self.node.train
         if config[P.PHASE] == P.PHASE_STATS:
-            return [local_moments(train.numeric).astype(np.float64)], len(train), {P.INSTITUTION: self.node.institution}
+            return (
+                [local_moments(train.numeric).astype(np.float64)],
+                len(train),
+                {P.INSTITUTION: self.node.institution},
+            )
         model = self._model(parameters, config)
         if config[P.PHASE] == P.PHASE_REFERENCE:
             return [mean_raw_contributions(model, train)], len(train), {P.INSTITUTION: self.node.institution}
@@ -74,11 +78,19 @@ class CreditNodeClient(NumPyClient):
             learning_rate=float(config[P.LEARNING_RATE]),
             proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),
         )
-        seed = int(config[P.SEED]) * 100_003 + int(config[P.ROUND]) * 101 + _stable_hash(self.node.institution)
+        seed = (
+            int(config[P.SEED]) * 100_003 + int(config[P.ROUND]) * 101 + _stable_hash(self.node.institution)
+        )
         loss = train_local(model, train, settings, seed=seed)
-        return trainable_weights(model), len(train), {P.INSTITUTION: self.node.institution, P.TRAIN_LOSS: loss}
+        return (
+            trainable_weights(model),
+            len(train),
+            {P.INSTITUTION: self.node.institution, P.TRAIN_LOSS: loss},
+        )
 
-    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+    def evaluate(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
         self._check_schema(config)
         data = self.node.holdout
         if data is None or data.label is None or len(data) == 0:
@@ -106,7 +118,9 @@ def build_client_app(resolve: NodeConfigResolver = node_config) -> ClientApp:
         cfg = resolve(context)
         missing = [k for k in (P.NODE_DATA_PATH, P.NODE_SCHEMA) if not cfg.get(k)]
         if missing:
-            raise ValueError(f"node config lacks {missing}; start the node with --node-config 'data-path=... schema=...'")
+            raise ValueError(
+                f"node config lacks {missing}; start the node with --node-config 'data-path=... schema=...'"
+            )
         node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
         return CreditNodeClient(node).to_client()
 

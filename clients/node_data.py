@@ -28,9 +28,7 @@ def load_node_data(data_path: str | Path, schema: str, institution: str = "") ->
     folder = Path(data_path)
     train = folder / TRAIN_FILE
     if not train.is_file():
-        raise DataValidationError(
-            str(folder), [DataProblem("", f"no {TRAIN_FILE} in the node's data path")]
-        )
+        raise DataValidationError(str(folder), [DataProblem("", f"no {TRAIN_FILE} in the node's data path")])
     holdout = folder / HOLDOUT_FILE
     stamp = (train.stat().st_mtime_ns, holdout.stat().st_mtime_ns if holdout.is_file() else 0)
     return _load(str(folder.resolve()), schema, institution or folder.name, stamp)

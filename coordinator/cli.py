@@ -60,7 +60,13 @@ def _new_run_id() -> str:
 
 
 def _run_federation(
-    federation: Federation, run_dir: Path, run_id: str, rounds: int, strategy: str, seed: int, local_epochs: int
+    federation: Federation,
+    run_dir: Path,
+    run_id: str,
+    rounds: int,
+    strategy: str,
+    seed: int,
+    local_epochs: int,
 ) -> dict[str, object]:
     # Flower and Ray load only when a federation actually runs
     from coordinator.report import write_report
@@ -94,7 +100,11 @@ def _run_federation(
 
         outcome = run_simulated_federation(nodes, settings, on_round=on_round)
     return write_report(
-        run_dir, run_id, settings, outcome, {"seconds": round(time.perf_counter() - started, 2), "dataset": federation.schema}
+        run_dir,
+        run_id,
+        settings,
+        outcome,
+        {"seconds": round(time.perf_counter() - started, 2), "dataset": federation.schema},
     )
 
 
@@ -114,22 +124,36 @@ def _print_report(report: dict[str, object], run_dir: Path) -> None:
     console.print(table)
     if final:
         console.print(
-            f"test set: AUC {final['auc']:.4f}  KS {final['ks']:.4f}  Brier {final['brier']:.4f}  ECE {final['ece']:.4f}"
+            f"test set: AUC {final['auc']:.4f}  KS {final['ks']:.4f}  "
+            f"Brier {final['brier']:.4f}  ECE {final['ece']:.4f}"
         )
-    console.print(f"report: {run_dir / 'report.json'}  plot: {run_dir / 'report.png'}  model: {run_dir / 'model.pt'}")
+    console.print(
+        f"report: {run_dir / 'report.json'}  plot: {run_dir / 'report.png'}  model: {run_dir / 'model.pt'}"
+    )
 
 
 @app.command()
 def simulate(
-    dataset: Annotated[DatasetChoice, typer.Option(help="sme: synthetic small businesses; uci: UCI Taiwan (FATE homo split).")] = DatasetChoice.sme,
+    dataset: Annotated[
+        DatasetChoice,
+        typer.Option(help="sme: synthetic small businesses; uci: UCI Taiwan (FATE homo split)."),
+    ] = DatasetChoice.sme,
     institutions: Annotated[int, typer.Option(min=2, help="Number of institutions (nodes).")] = 5,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     strategy: Annotated[StrategyChoice, typer.Option(help="Aggregation strategy.")] = StrategyChoice.fedavg,
-    rows: Annotated[int, typer.Option(min=1000, help="sme only: borrowers to generate across all institutions.")] = 30_000,
-    label_skew: Annotated[float | None, typer.Option(help="sme only: split by Dirichlet(alpha) label skew instead of by market profile.")] = None,
+    rows: Annotated[
+        int, typer.Option(min=1000, help="sme only: borrowers to generate across all institutions.")
+    ] = 30_000,
+    label_skew: Annotated[
+        float | None,
+        typer.Option(help="sme only: split by Dirichlet(alpha) label skew instead of by market profile."),
+    ] = None,
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for data, split and training.")] = 0,
-    data_dir: Annotated[Path | None, typer.Option(help="uci only: folder with the FATE credit files (default: $FEDCREDIT_DATA_DIR).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="uci only: folder with the FATE credit files (default: $FEDCREDIT_DATA_DIR)."),
+    ] = None,
 ) -> None:
     """Run a federated training on Flower's simulation engine and write a run report under var/runs/<id>/."""
     run_id = _new_run_id()
@@ -158,13 +182,17 @@ def _resolve_model_path(model: str) -> Path:
         candidate = RUNS_DIR / model / "model.pt"
         if candidate.is_file():
             return candidate
-        raise FileNotFoundError(f"no model at {model!r} (give a model file, a run folder, a run id or 'latest')")
+        raise FileNotFoundError(
+            f"no model at {model!r} (give a model file, a run folder, a run id or 'latest')"
+        )
     return path
 
 
 @app.command("score")
 def score_command(
-    applicants: Annotated[Path, typer.Argument(help="CSV or Parquet file of applicants (no label needed).")] = EXAMPLE_APPLICANT,
+    applicants: Annotated[
+        Path, typer.Argument(help="CSV or Parquet file of applicants (no label needed).")
+    ] = EXAMPLE_APPLICANT,
     model: Annotated[str, typer.Option(help="Model file, run folder, run id, or 'latest'.")] = "latest",
     schema: Annotated[str | None, typer.Option(help="Schema name or file (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -173,7 +201,9 @@ def score_command(
     try:
         model_path = _resolve_model_path(model)
         net, meta = load_model(model_path)
-        data = load_dataset(applicants, resolve_schema(schema or meta["schema"]), require_label=False, min_rows=1)
+        data = load_dataset(
+            applicants, resolve_schema(schema or meta["schema"]), require_label=False, min_rows=1
+        )
     except (FedCreditError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from exc
     result = score(net, data)
@@ -193,7 +223,8 @@ def score_command(
         table.add_row("average borrower (baseline)", f"{row['baseline']:+.3f}", "")
         console.print(table)
         console.print(
-            f"probability of default [bold]{row['probability_of_default']:.2%}[/]   points [bold]{row['points']}[/]"
+            f"probability of default [bold]{row['probability_of_default']:.2%}[/]   "
+            f"points [bold]{row['points']}[/]"
         )
 
 
@@ -202,10 +233,19 @@ def demo(
     rounds: Annotated[int, typer.Option(min=1)] = 10,
     rows: Annotated[int, typer.Option(min=1000)] = 30_000,
 ) -> None:
-    """The end-to-end demo: 5 institutions train on synthetic SME data, then the grocery-store couple is scored."""
+    """End-to-end demo: 5 institutions train on synthetic SME data, then the grocery couple is scored."""
     console.rule("FedCredit demo: 5 institutions, synthetic small-business data")
-    simulate(dataset=DatasetChoice.sme, institutions=5, rounds=rounds, strategy=StrategyChoice.fedavg, rows=rows,
-             label_skew=None, local_epochs=1, seed=0, data_dir=None)
+    simulate(
+        dataset=DatasetChoice.sme,
+        institutions=5,
+        rounds=rounds,
+        strategy=StrategyChoice.fedavg,
+        rows=rows,
+        label_skew=None,
+        local_epochs=1,
+        seed=0,
+        data_dir=None,
+    )
     console.rule("Scoring the grocery-store couple (examples/grocery_store_couple.csv)")
     score_command(applicants=EXAMPLE_APPLICANT, model="latest", schema=None, as_json=False)
 
@@ -236,7 +276,10 @@ def data_validate(
         data = load_dataset(path, resolve_schema(schema))
     except FedCreditError as exc:
         raise _fail(exc) from exc
-    console.print(f"[green]ok[/]: {len(data)} rows, {data.layout.width} model inputs in {len(data.layout.dimensions)} dimensions")
+    console.print(
+        f"[green]ok[/]: {len(data)} rows, {data.layout.width} model inputs "
+        f"in {len(data.layout.dimensions)} dimensions"
+    )
 
 
 @data_app.command("partition")
@@ -244,7 +287,9 @@ def data_partition(
     path: Annotated[Path, typer.Argument(help="SME CSV made by `fedcredit data generate`.")],
     out: Annotated[Path, typer.Argument(help="Folder to write one sub-folder per institution into.")],
     institutions: Annotated[int, typer.Option(min=2)] = 5,
-    holdout: Annotated[float, typer.Option(help="Share of each institution's rows kept as its holdout.")] = 0.25,
+    holdout: Annotated[
+        float, typer.Option(help="Share of each institution's rows kept as its holdout.")
+    ] = 0.25,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Split SME borrowers into institutions with realistic size, region and industry skew."""

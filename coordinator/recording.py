@@ -74,13 +74,17 @@ class RecordingStrategy(Strategy):
             if P.TRAIN_LOSS in res.metrics:
                 self.log.round_entry(name, server_round)["train_loss"] = float(res.metrics[P.TRAIN_LOSS])
         for failure in failures:
-            reason = repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+            reason = (
+                repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+            )
             self.log.failures.append({"round": server_round, "stage": "fit", "reason": reason})
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if self.log.central and self.log.central[-1]["round"] == server_round:
             self.log.central[-1]["fit_seconds"] = time.perf_counter() - self._fit_started
         else:
-            self.log.central.append({"round": server_round, "fit_seconds": time.perf_counter() - self._fit_started})
+            self.log.central.append(
+                {"round": server_round, "fit_seconds": time.perf_counter() - self._fit_started}
+            )
         return parameters, metrics
 
     def configure_evaluate(
@@ -100,7 +104,9 @@ class RecordingStrategy(Strategy):
             if res.num_examples:
                 self.log.round_entry(name, server_round).update(_clean(res.metrics), loss=res.loss)
         for failure in failures:
-            reason = repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+            reason = (
+                repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+            )
             self.log.failures.append({"round": server_round, "stage": "evaluate", "reason": reason})
         return self.inner.aggregate_evaluate(server_round, results, failures)
 

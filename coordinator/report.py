@@ -10,13 +10,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
 
-from coordinator.server_app import RunOutcome, RunSettings  # noqa: E402
-from federation.metrics import score_metrics  # noqa: E402
-from federation.model import save_model  # noqa: E402
+from coordinator.server_app import RunOutcome, RunSettings
+from federation.metrics import score_metrics
+from federation.model import save_model
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "model.pt"
@@ -51,7 +51,9 @@ def settings_dict(settings: RunSettings) -> dict[str, Any]:
     }
 
 
-def write_report(run_dir: Path, run_id: str, settings: RunSettings, outcome: RunOutcome, extra: dict[str, Any]) -> dict[str, Any]:
+def write_report(
+    run_dir: Path, run_id: str, settings: RunSettings, outcome: RunOutcome, extra: dict[str, Any]
+) -> dict[str, Any]:
     """Write ``report.json``, ``model.pt`` and ``report.png`` into ``run_dir``; returns the report."""
     assert outcome.model is not None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,9 @@ def plot_run(path: Path, outcome: RunOutcome) -> None:
     fig, (ax_auc, ax_roc) = plt.subplots(1, 2, figsize=(11, 4.2))
     rounds = [r["round"] for r in outcome.log.central if "auc" in r]
     if rounds:
-        ax_auc.plot(rounds, [r["auc"] for r in outcome.log.central if "auc" in r], "k-o", lw=2, label="test set")
+        ax_auc.plot(
+            rounds, [r["auc"] for r in outcome.log.central if "auc" in r], "k-o", lw=2, label="test set"
+        )
     for name, inst in sorted(outcome.log.institutions.items()):
         pts = [(r["round"], r["auc"]) for r in inst["rounds"] if r.get("auc") is not None]
         if pts:

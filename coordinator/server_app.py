@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ from federation.model import FourDimensionModel, ModelConfig, load_trainable_wei
 from federation.normalization import NormStats, stats_from_moments
 from federation.schema import Schema, resolve_schema
 from federation.training import TrainConfig, predict_proba
-
 
 STRATEGIES = ("fedavg", "fedprox")
 
@@ -94,7 +94,9 @@ def _global_weights(context: Context) -> NDArrays:
 class Coordinator:
     """Runs the two phases against whatever nodes the grid offers."""
 
-    def __init__(self, settings: RunSettings, outcome: RunOutcome, on_round: RoundCallback | None = None) -> None:
+    def __init__(
+        self, settings: RunSettings, outcome: RunOutcome, on_round: RoundCallback | None = None
+    ) -> None:
         self.settings = settings
         self.outcome = outcome
         self.on_round = on_round
@@ -128,7 +130,12 @@ class Coordinator:
         return model
 
     def _one_round_average(
-        self, grid: Grid, context: Context, config: dict[str, Scalar], initial: NDArrays, shape: tuple[int, ...]
+        self,
+        grid: Grid,
+        context: Context,
+        config: dict[str, Scalar],
+        initial: NDArrays,
+        shape: tuple[int, ...],
     ) -> np.ndarray:
         """One round in which every node returns one array; their row-weighted average.
 
@@ -156,7 +163,9 @@ class Coordinator:
         config = {**self._base_config(), P.PHASE: P.PHASE_STATS}
         return stats_from_moments(self._one_round_average(grid, context, config, [np.zeros(shape)], shape))
 
-    def reference_phase(self, grid: Grid, context: Context, model: FourDimensionModel, stats: NormStats) -> np.ndarray:
+    def reference_phase(
+        self, grid: Grid, context: Context, model: FourDimensionModel, stats: NormStats
+    ) -> np.ndarray:
         """Federated mean of each tower's output: the zero point of the contributions."""
         config = {**self._model_config(stats), P.PHASE: P.PHASE_REFERENCE}
         shape = (len(model.dimensions),)
@@ -171,7 +180,7 @@ class Coordinator:
             P.LEARNING_RATE: train.learning_rate,
         }
         eval_config = self._model_config(stats)
-        common = {
+        common: dict[str, Any] = {
             "fraction_fit": 1.0,
             "fraction_evaluate": 1.0 if self.settings.evaluate_on_nodes else 0.0,
             "min_fit_clients": self.settings.min_institutions,
@@ -196,7 +205,9 @@ class Coordinator:
         assert test is not None and test.label is not None
         label = test.label
 
-        def evaluate(server_round: int, weights: NDArrays, _: dict[str, Scalar]) -> tuple[float, dict[str, Scalar]]:
+        def evaluate(
+            server_round: int, weights: NDArrays, _: dict[str, Scalar]
+        ) -> tuple[float, dict[str, Scalar]]:
             load_trainable_weights(model, weights)
             p = predict_proba(model, test)
             metrics = score_metrics(label, p)
@@ -212,7 +223,9 @@ class Coordinator:
         stats = self.normalization_phase(grid, context)
         self.outcome.normalization = stats
         strategy = RecordingStrategy(self.training_strategy(stats), self.outcome.log)
-        DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy))
+        DefaultWorkflow()(
+            grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy)
+        )
         model = self.new_model(stats)
         load_trainable_weights(model, _global_weights(context))
         model.set_reference(self.reference_phase(grid, context, model, stats))

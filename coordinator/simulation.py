@@ -26,7 +26,11 @@ class SimulatedNode:
     schema: str
 
     def node_config(self) -> dict[str, str]:
-        return {P.NODE_NAME: self.institution, P.NODE_DATA_PATH: str(self.data_path), P.NODE_SCHEMA: self.schema}
+        return {
+            P.NODE_NAME: self.institution,
+            P.NODE_DATA_PATH: str(self.data_path),
+            P.NODE_SCHEMA: self.schema,
+        }
 
 
 class SimulatedNodeConfigs:
@@ -79,7 +83,12 @@ def run_simulated_federation(
         num_supernodes=len(nodes),
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cpus, "num_gpus": 0, "log_to_driver": not quiet, "logging_level": logging.ERROR},
+            "init_args": {
+                "num_cpus": cpus,
+                "num_gpus": 0,
+                "log_to_driver": not quiet,
+                "logging_level": logging.ERROR,
+            },
         },
     )
     if outcome.model is None:

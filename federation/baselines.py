@@ -11,6 +11,7 @@ from federation.loading import EncodedData
 from federation.metrics import auc
 from federation.model import FourDimensionModel, ModelConfig
 from federation.normalization import NormStats, local_moments, stats_from_moments
+from federation.seeding import rng_for
 from federation.training import TrainConfig, predict_proba, train_local
 
 
@@ -29,17 +30,20 @@ def pool(parts: list[EncodedData]) -> EncodedData:
     )
 
 
-def new_model(data: EncodedData, stats: NormStats | None, config: ModelConfig | None, seed: int) -> FourDimensionModel:
+def new_model(
+    data: EncodedData, stats: NormStats | None, config: ModelConfig | None, seed: int
+) -> FourDimensionModel:
     torch.manual_seed(seed)
     model = FourDimensionModel(data.layout, config)
     model.set_normalization(stats or stats_from_moments(local_moments(data.numeric)))
     return model
 
 
-def train_centralized(
+def train_for_epochs(
     data: EncodedData, epochs: int, train: TrainConfig, model_config: ModelConfig | None = None, seed: int = 0
 ) -> FourDimensionModel:
-    """The same model on pooled rows: the upper reference a federation should match."""
+    """The model trained on ``data`` for ``epochs`` passes: pooled rows give the centralized
+    reference; one institution's rows give its local model at the federation's budget."""
     model = new_model(data, None, model_config, seed)
     step = TrainConfig(1, train.batch_size, train.learning_rate, train.weight_decay)
     for epoch in range(epochs):
@@ -62,7 +66,7 @@ def train_local_only(
     """
     train = train or TrainConfig()
     step = TrainConfig(1, train.batch_size, train.learning_rate, train.weight_decay)
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "local-validation")
     val_mask = rng.random(len(data)) < validation_fraction
     fit_part, val_part = data.subset(np.flatnonzero(~val_mask)), data.subset(np.flatnonzero(val_mask))
     best_epoch, best_auc = 1, -1.0
@@ -84,7 +88,10 @@ def gbdt_pooled(data: EncodedData, seed: int = 0) -> HistGradientBoostingClassif
     if data.label is None:
         raise ValueError("training data has no label column")
     model = HistGradientBoostingClassifier(
-        max_iter=300, learning_rate=0.05, early_stopping=True, random_state=seed,
+        max_iter=300,
+        learning_rate=0.05,
+        early_stopping=True,
+        random_state=seed,
         categorical_features=list(range(data.numeric.shape[1], data.layout.width)),
     )
     model.fit(gbdt_features(data), data.label)

@@ -119,7 +119,9 @@ def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
         try:
             return pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several unrelated types
-            raise DataValidationError(str(path), [DataProblem("", f"not a readable Parquet file: {exc}")]) from exc
+            raise DataValidationError(
+                str(path), [DataProblem("", f"not a readable Parquet file: {exc}")]
+            ) from exc
     raise DataValidationError(
         str(path), [DataProblem("", f"unsupported file type {suffix!r}; use .csv or .parquet")]
     )
@@ -156,7 +158,9 @@ def _check_numeric(col: Column, raw: pd.Series, problems: list[DataProblem]) -> 
         bad = ok & (values != 0) & (values != 1)
         if bad.any():
             problems.append(
-                DataProblem(col.name, f"binary column holds {_examples(raw, bad)}; expected 0 or 1", _first_rows(bad))
+                DataProblem(
+                    col.name, f"binary column holds {_examples(raw, bad)}; expected 0 or 1", _first_rows(bad)
+                )
             )
         return values
     lo = -np.inf if col.min is None else col.min

@@ -31,10 +31,22 @@ class ModelConfig:
 class DimensionTower(nn.Module):
     """Features of one dimension -> one logit contribution."""
 
-    def __init__(self, numeric_idx: list[int], imputed_idx: list[int], cards: list[int], config: ModelConfig) -> None:
+    numeric_idx: torch.Tensor
+    imputed_idx: torch.Tensor
+    cat_idx: torch.Tensor
+
+    def __init__(
+        self,
+        numeric_idx: list[int],
+        imputed_idx: list[int],
+        cat_idx: list[int],
+        cards: list[int],
+        config: ModelConfig,
+    ) -> None:
         super().__init__()
         self.register_buffer("numeric_idx", torch.tensor(numeric_idx, dtype=torch.long))
         self.register_buffer("imputed_idx", torch.tensor(imputed_idx, dtype=torch.long))
+        self.register_buffer("cat_idx", torch.tensor(cat_idx, dtype=torch.long))
         self.embeddings = nn.ModuleList(nn.Embedding(c, config.embedding_dim) for c in cards)
         width = len(numeric_idx) + len(imputed_idx) + config.embedding_dim * len(cards)
         self.mlp = nn.Sequential(
@@ -47,12 +59,17 @@ class DimensionTower(nn.Module):
 
     def forward(self, z: torch.Tensor, missing: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         parts = [z[:, self.numeric_idx], missing[:, self.imputed_idx]]
-        parts += [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+        parts += [emb(cat[:, j]) for j, emb in zip(self.cat_idx.tolist(), self.embeddings, strict=True)]
+        out: torch.Tensor = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+        return out
 
 
 class FourDimensionModel(nn.Module):
     """Additive fusion of per-dimension towers over normalized inputs."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    reference: torch.Tensor
 
     def __init__(self, layout: FeatureLayout, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -66,10 +83,9 @@ class FourDimensionModel(nn.Module):
         for dim in self.dimensions:
             num = [i for i, d in enumerate(layout.numeric_dimensions) if d is dim]
             imputed = [i for i in num if layout.numeric_imputed[i]]
-            cat_cols = [i for i, d in enumerate(layout.categorical_dimensions) if d is dim]
-            tower = DimensionTower(num, imputed, [layout.cardinalities[i] for i in cat_cols], self.config)
-            tower.register_buffer("cat_idx", torch.tensor(cat_cols, dtype=torch.long))
-            self.towers[dim.value] = tower
+            cat = [i for i, d in enumerate(layout.categorical_dimensions) if d is dim]
+            cards = [layout.cardinalities[i] for i in cat]
+            self.towers[dim.value] = DimensionTower(num, imputed, cat, cards, self.config)
         self.bias = nn.Parameter(torch.zeros(1))
         # Mean raw tower output over the federation's rows: contributions are reported
         # relative to it, so a positive one means "riskier than the average borrower".
@@ -90,8 +106,7 @@ class FourDimensionModel(nn.Module):
         missing_f = missing.to(z.dtype)
         outs = []
         for dim in self.dimensions:
-            tower = self.towers[dim.value]
-            outs.append(tower(z, missing_f, categorical[:, tower.cat_idx]))
+            outs.append(self.towers[dim.value](z, missing_f, categorical))
         return torch.stack(outs, dim=1)
 
     def contributions(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:

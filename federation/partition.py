@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federation.seeding import rng_for
 from federation.synthetic import INDUSTRIES, REGIONS, TRUE_PD_COLUMN
 
 TRAIN_FILE = "train.csv"
@@ -34,31 +35,46 @@ class InstitutionProfile:
 INSTITUTION_PROFILES: tuple[InstitutionProfile, ...] = (
     InstitutionProfile("national_bank", "national_bank", 0.40),
     InstitutionProfile(
-        "online_bank", "online_bank", 0.15,
+        "online_bank",
+        "online_bank",
+        0.15,
         region_affinity={"rural_north": 0.3, "rural_west": 0.3},
         industry_affinity={"ecommerce": 6.0, "services": 1.5, "agriculture": 0.2},
     ),
     InstitutionProfile(
-        "rural_cooperative", "rural_cooperative", 0.08,
+        "rural_cooperative",
+        "rural_cooperative",
+        0.08,
         region_affinity={"rural_north": 6.0, "rural_west": 6.0, "metro_east": 0.1, "metro_south": 0.1},
         industry_affinity={"agriculture": 6.0, "ecommerce": 0.2},
     ),
     InstitutionProfile("city_bank_east", "city_bank", 0.15, region_affinity={"metro_east": 8.0}),
     InstitutionProfile(
-        "coastal_credit_union", "small_lender", 0.03,
-        region_affinity={"coastal_city": 10.0}, industry_affinity={"logistics": 3.0, "manufacturing": 2.0},
+        "coastal_credit_union",
+        "small_lender",
+        0.02,
+        region_affinity={"coastal_city": 10.0},
+        industry_affinity={"logistics": 3.0, "manufacturing": 2.0},
     ),
     InstitutionProfile(
-        "inland_savings_bank", "small_lender", 0.03,
-        region_affinity={"inland_city": 10.0}, industry_affinity={"retail_grocery": 2.0},
+        "inland_savings_bank",
+        "small_lender",
+        0.02,
+        region_affinity={"inland_city": 10.0},
+        industry_affinity={"retail_grocery": 2.0},
     ),
     InstitutionProfile(
-        "west_farmers_coop", "small_lender", 0.02,
-        region_affinity={"rural_west": 12.0}, industry_affinity={"agriculture": 4.0},
+        "west_farmers_coop",
+        "small_lender",
+        0.012,
+        region_affinity={"rural_west": 12.0},
+        industry_affinity={"agriculture": 4.0},
     ),
     InstitutionProfile("city_bank_south", "city_bank", 0.12, region_affinity={"metro_south": 8.0}),
     InstitutionProfile(
-        "metro_microfinance", "small_lender", 0.02,
+        "metro_microfinance",
+        "small_lender",
+        0.012,
         region_affinity={"metro_south": 4.0, "metro_east": 4.0},
         industry_affinity={"catering": 4.0, "services": 2.0},
     ),
@@ -99,7 +115,7 @@ def assign_institutions(frame: pd.DataFrame, n: int, seed: int = 0) -> np.ndarra
         weights = aff * scale
         probs = weights / weights.sum(axis=1, keepdims=True)
         scale *= target / probs.mean(axis=0)
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "assign-institutions")
     cum = np.cumsum(probs, axis=1)
     return (rng.random(len(frame))[:, None] >= cum).sum(axis=1).clip(0, n - 1)
 
@@ -110,7 +126,7 @@ def dirichlet_label_assignment(labels: np.ndarray, n: int, alpha: float, seed: i
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if n < 2:
         raise ValueError(f"institutions must be >= 2, got {n}")
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "dirichlet-label-skew")
     out = np.empty(len(labels), dtype=np.int64)
     for cls in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == cls))
@@ -124,7 +140,7 @@ def split_holdout(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.D
     """Random (train, holdout) split; the holdout is the institution's own validation set."""
     if not 0 <= fraction < 1:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
-    mask = np.random.default_rng(seed).random(len(frame)) < fraction
+    mask = rng_for(seed, "holdout").random(len(frame)) < fraction
     return frame[~mask], frame[mask]
 
 
@@ -150,7 +166,5 @@ def write_partition(
     """Write each institution's rows to ``out_dir/<name>/``; returns name -> folder."""
     folders = {}
     for k, name in enumerate(names):
-        folders[name] = write_institution(
-            frame[assignment == k], out_dir / name, holdout_fraction, seed + k
-        )
+        folders[name] = write_institution(frame[assignment == k], out_dir / name, holdout_fraction, seed + k)
     return folders

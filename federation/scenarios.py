@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from federation.partition import (
@@ -16,6 +15,7 @@ from federation.partition import (
     write_institution,
     write_partition,
 )
+from federation.seeding import rng_for
 from federation.synthetic import LABEL_COLUMN, generate_sme
 
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
@@ -37,7 +37,9 @@ def fate_data_dir(explicit: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"no UCI data folder: pass --data-dir or set {DATA_DIR_ENV}")
     path = Path(value)
     if not (path / "default_credit_homo_test.csv").is_file():
-        raise FileNotFoundError(f"{path}: no default_credit_homo_test.csv here; is this the FATE data folder?")
+        raise FileNotFoundError(
+            f"{path}: no default_credit_homo_test.csv here; is this the FATE data folder?"
+        )
     return path
 
 
@@ -56,7 +58,9 @@ def sme_federation(
     if label_skew_alpha is None:
         assignment = assign_institutions(frame, institutions, seed=seed + 1)
     else:
-        assignment = dirichlet_label_assignment(frame[LABEL_COLUMN].to_numpy(), institutions, label_skew_alpha, seed + 1)
+        assignment = dirichlet_label_assignment(
+            frame[LABEL_COLUMN].to_numpy(), institutions, label_skew_alpha, seed + 1
+        )
     folders = write_partition(frame, assignment, names, out_dir / "institutions", holdout_fraction, seed)
     test_path = out_dir / TEST_FILE
     generate_sme(test_rows, seed=seed + 10_000).to_csv(test_path, index=False)
@@ -64,7 +68,11 @@ def sme_federation(
 
 
 def uci_federation(
-    out_dir: Path, institutions: int = 3, data_dir: str | Path | None = None, seed: int = 0, holdout_fraction: float = 0.2
+    out_dir: Path,
+    institutions: int = 3,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    holdout_fraction: float = 0.2,
 ) -> Federation:
     """The FATE homo split of the UCI Taiwan data: three banks (or the same rows re-split)."""
     source = fate_data_dir(data_dir)
@@ -79,7 +87,7 @@ def uci_federation(
         if institutions < 2:
             raise ValueError(f"institutions must be >= 2, got {institutions}")
         pooled = pd.concat(banks, ignore_index=True)
-        assignment = np.random.default_rng(seed).integers(0, institutions, len(pooled))
+        assignment = rng_for(seed, "uci-resplit").integers(0, institutions, len(pooled))
         names = [f"bank_{k + 1}" for k in range(institutions)]
         folders = write_partition(pooled, assignment, names, root, holdout_fraction, seed)
     return Federation("uci_homo", folders, source / "default_credit_homo_test.csv")

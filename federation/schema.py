@@ -94,9 +94,7 @@ class Schema:
 
     @property
     def known_columns(self) -> frozenset[str]:
-        return frozenset(
-            [self.id_column, self.label_column, *self._by_name, *self.ignored_columns]
-        )
+        return frozenset([self.id_column, self.label_column, *self._by_name, *self.ignored_columns])
 
 
 _COLUMN_KEYS = {
@@ -198,9 +196,7 @@ def parse_schema(raw: dict[str, Any], source: str = "<schema>") -> Schema:
         raise SchemaError(f"{source}: unknown key(s) {sorted(unknown)}")
     fmt = raw.get("format_version")
     if fmt != SCHEMA_FORMAT_VERSION:
-        raise SchemaError(
-            f"{source}: format_version must be {SCHEMA_FORMAT_VERSION}, got {fmt!r}"
-        )
+        raise SchemaError(f"{source}: format_version must be {SCHEMA_FORMAT_VERSION}, got {fmt!r}")
     for key in ("name", "version", "id_column", "label_column"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise SchemaError(f"{source}: {key!r} must be a non-empty string")

@@ -40,7 +40,9 @@ class ScoreBatch:
             "points": round(float(self.points[i]), 1),
             "logit": float(self.logit[i]),
             "baseline": self.bias,
-            "contributions": {d: float(c) for d, c in zip(self.dimensions, self.contributions[i], strict=True)},
+            "contributions": {
+                d: float(c) for d, c in zip(self.dimensions, self.contributions[i], strict=True)
+            },
         }
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from federation.seeding import rng_for
+
 INDUSTRIES = (
     "retail_grocery",
     "catering",
@@ -119,9 +121,10 @@ def true_logit(df: pd.DataFrame, latent_health: np.ndarray) -> np.ndarray:
     behaviour = -0.6 * _logit(df["utility_ontime_rate"].to_numpy()) - 0.4 * _logit(
         df["settlement_regularity"].to_numpy()
     )
-    scenario = -0.6 * sens.to_numpy() * df["industry_cycle_index"].to_numpy() - 0.5 * df[
-        "regional_economy_index"
-    ].to_numpy()
+    scenario = (
+        -0.6 * sens.to_numpy() * df["industry_cycle_index"].to_numpy()
+        - 0.5 * df["regional_economy_index"].to_numpy()
+    )
     return LOGIT_SCALE * np.asarray(operations + credit + behaviour + scenario - 0.3 * latent_health)
 
 
@@ -152,7 +155,7 @@ def generate_sme(n_rows: int, seed: int = 0, default_rate: float = TARGET_DEFAUL
         raise ValueError(f"n_rows must be at least 100, got {n_rows}")
     if not 0.01 <= default_rate <= 0.2:
         raise ValueError(f"default_rate must be within [0.01, 0.2], got {default_rate}")
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "sme-borrowers")
     n = n_rows
     ind_prof = [INDUSTRY_PROFILES[i] for i in INDUSTRIES]
     reg_prof = [REGION_PROFILES[r] for r in REGIONS]
@@ -185,20 +188,28 @@ def generate_sme(n_rows: int, seed: int = 0, default_rate: float = TARGET_DEFAUL
             "months_in_business": months,
             "monthly_transactions": transactions.astype(float),
             "platform_orders": orders,
-            "requested_amount": np.maximum(1000, (revenue * np.exp(rng.normal(np.log(2.0), 0.5, n))).round(-3)),
+            "requested_amount": np.maximum(
+                1000, (revenue * np.exp(rng.normal(np.log(2.0), 0.5, n))).round(-3)
+            ),
             "bureau_delinquencies_24m": rng.poisson(np.exp(-1.3 - 0.8 * h)).astype(float),
             "open_loans": rng.poisson(1.0 + 0.5 * np.abs(rng.normal(0, 1, n))).astype(float),
-            "credit_utilization": np.clip(1.1 * _sigmoid(-0.4 - 0.7 * h + rng.normal(0, 0.6, n)), 0, 1.5).round(4),
+            "credit_utilization": np.clip(
+                1.1 * _sigmoid(-0.4 - 0.7 * h + rng.normal(0, 0.6, n)), 0, 1.5
+            ).round(4),
             "tax_compliance_rate": _sigmoid(2.0 + 1.0 * h + rng.normal(0, 0.8, n)).round(4),
             "contract_fulfilment_rate": _sigmoid(2.5 + 0.8 * h + rng.normal(0, 0.8, n)).round(4),
             "has_collateral": (rng.random(n) < _sigmoid(-0.8 + 0.5 * np.log(revenue / 40000))).astype(float),
             "settlement_regularity": _sigmoid(1.2 + 0.8 * h + rng.normal(0, 0.6, n)).round(4),
             "utility_ontime_rate": _sigmoid(2.5 + 0.9 * h + rng.normal(0, 0.7, n)).round(4),
             "utility_history_months": np.minimum(months, 120.0),
-            "consumption_volatility": np.clip(np.exp(-1.2 - 0.2 * h + rng.normal(0, 0.4, n)), 0.01, 5.0).round(4),
+            "consumption_volatility": np.clip(
+                np.exp(-1.2 - 0.2 * h + rng.normal(0, 0.4, n)), 0.01, 5.0
+            ).round(4),
             "owner_age": rng.integers(22, 76, n).astype(float),
             "owner_gender": np.array(GENDERS)[rng.integers(0, 2, n)],
-            "owner_marital_status": np.array(MARITAL_STATUSES)[_sample_rows(rng, np.tile([0.3, 0.6, 0.1], (n, 1)))],
+            "owner_marital_status": np.array(MARITAL_STATUSES)[
+                _sample_rows(rng, np.tile([0.3, 0.6, 0.1], (n, 1)))
+            ],
             "industry": np.array(INDUSTRIES)[industry],
             "industry_cycle_index": cycle.round(4),
             "region": np.array(REGIONS)[region],

@@ -43,7 +43,9 @@ def train_local(model: FourDimensionModel, data: EncodedData, config: TrainConfi
     label = torch.from_numpy(data.label)
     generator = torch.Generator().manual_seed(seed)
     anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else []
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     last = 0.0
@@ -70,7 +72,9 @@ def predict_logits(model: FourDimensionModel, data: EncodedData) -> np.ndarray:
     numeric, categorical = tensors(data)
     outs = [
         model(n, c)
-        for n, c in zip(torch.split(numeric, PREDICT_BATCH), torch.split(categorical, PREDICT_BATCH), strict=True)
+        for n, c in zip(
+            torch.split(numeric, PREDICT_BATCH), torch.split(categorical, PREDICT_BATCH), strict=True
+        )
     ]
     return torch.cat(outs).numpy() if outs else np.zeros(0, dtype=np.float32)
 

@@ -35,7 +35,9 @@ def test_stats_phase_returns_only_aggregates(node_dir: Path) -> None:
 
 def test_node_refuses_another_schema(node_dir: Path) -> None:
     client = CreditNodeClient(load_node_data(node_dir, "sme"))
-    with pytest.raises(SchemaMismatchError, match="run asks for schema uci_homo 1.0.0, node data follows sme 1.0.0"):
+    with pytest.raises(
+        SchemaMismatchError, match=r"run asks for schema uci_homo 1.0.0, node data follows sme 1.0.0"
+    ):
         client.fit([], {P.PHASE: P.PHASE_STATS, P.SCHEMA_NAME: "uci_homo", P.SCHEMA_VERSION: "1.0.0"})
 
 
@@ -44,7 +46,7 @@ def test_node_data_is_read_once_per_process(node_dir: Path) -> None:
 
 
 def test_empty_data_path_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DataValidationError, match="no train.csv in the node's data path"):
+    with pytest.raises(DataValidationError, match=r"no train\.csv in the node's data path"):
         load_node_data(tmp_path, "sme")
 
 

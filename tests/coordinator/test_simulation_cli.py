@@ -29,7 +29,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     os.chdir(workdir)
     try:
         result = runner.invoke(
-            app, ["simulate", "--dataset", "sme", "--institutions", "3", "--rounds", "3", "--rows", "8000", "--seed", "1"]
+            app,
+            [
+                "simulate",
+                "--dataset",
+                "sme",
+                "--institutions",
+                "3",
+                "--rounds",
+                "3",
+                "--rows",
+                "8000",
+                "--seed",
+                "1",
+            ],
         )
         assert result.exit_code == 0, result.output
         (run_dir,) = list((workdir / "var" / "runs").iterdir())
@@ -60,7 +73,9 @@ def test_normalization_was_computed_federatedly_and_exactly(run: tuple[Path, str
     run_dir, _ = run
     schema = resolve_schema("sme")
     parts = [load_dataset(f / "train.csv", schema) for f in sorted((run_dir / "institutions").iterdir())]
-    pooled = stats_from_moments(combine_moments([local_moments(p.numeric) for p in parts], [len(p) for p in parts]))
+    pooled = stats_from_moments(
+        combine_moments([local_moments(p.numeric) for p in parts], [len(p) for p in parts])
+    )
     direct = np.nanmean(np.concatenate([p.numeric for p in parts]).astype(np.float64), axis=0)
     state = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
     np.testing.assert_allclose(state["mean"].numpy(), pooled.mean, rtol=1e-6)
@@ -98,7 +113,9 @@ def test_validate_reports_bad_data(tmp_path: Path) -> None:
     assert "label must be 0 or 1" in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["simulate"], ["score"], ["demo"], ["data", "generate"], ["schema", "show"]])
+@pytest.mark.parametrize(
+    "command", [[], ["simulate"], ["score"], ["demo"], ["data", "generate"], ["schema", "show"]]
+)
 def test_help_reads(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0

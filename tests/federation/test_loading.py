@@ -31,7 +31,9 @@ def test_valid_file_loads_into_arrays(sme_frame: pd.DataFrame, sme_schema: Schem
 
 def test_missing_column(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
     path = write_csv(sme_frame.drop(columns=["tax_compliance_rate"]))
-    assert "column 'tax_compliance_rate': missing column required by schema 'sme'" in _problems(path, sme_schema)
+    assert "column 'tax_compliance_rate': missing column required by schema 'sme'" in _problems(
+        path, sme_schema
+    )
 
 
 def test_unknown_column(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
@@ -72,7 +74,10 @@ def test_duplicate_ids(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -
     frame = sme_frame.copy()
     frame.loc[20, "business_id"] = frame.loc[2, "business_id"]
     message = _problems(write_csv(frame), sme_schema)
-    assert f"column 'business_id': 1 duplicate id(s): '{frame.loc[2, 'business_id']}' (first rows: 21)" in message
+    assert (
+        f"column 'business_id': 1 duplicate id(s): '{frame.loc[2, 'business_id']}' (first rows: 21)"
+        in message
+    )
 
 
 def test_too_few_rows(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
@@ -80,17 +85,24 @@ def test_too_few_rows(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) ->
     assert "file: too few rows: 10, at least 50 required" in message
 
 
-def test_missing_value_where_schema_forbids_it(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
+def test_missing_value_where_schema_forbids_it(
+    sme_frame: pd.DataFrame, sme_schema: Schema, write_csv
+) -> None:
     frame = sme_frame.copy()
     frame.loc[[1, 4], "credit_utilization"] = np.nan
     message = _problems(write_csv(frame), sme_schema)
-    assert "column 'credit_utilization': 2 missing value(s); the schema says missing = 'error' (first rows: 2, 5)" in message
+    assert (
+        "column 'credit_utilization': 2 missing value(s); "
+        "the schema says missing = 'error' (first rows: 2, 5)" in message
+    )
 
 
 def test_binary_column_holds_other_values(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
     frame = sme_frame.copy()
     frame.loc[0, "has_collateral"] = 3
-    assert "column 'has_collateral': binary column holds 3.0; expected 0 or 1" in _problems(write_csv(frame), sme_schema)
+    assert "column 'has_collateral': binary column holds 3.0; expected 0 or 1" in _problems(
+        write_csv(frame), sme_schema
+    )
 
 
 def test_every_problem_is_reported_at_once(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
@@ -101,7 +113,9 @@ def test_every_problem_is_reported_at_once(sme_frame: pd.DataFrame, sme_schema: 
     assert "3 problem(s)" in message
 
 
-def test_missing_values_are_imputed_not_dropped(sme_frame: pd.DataFrame, sme_schema: Schema, write_csv) -> None:
+def test_missing_values_are_imputed_not_dropped(
+    sme_frame: pd.DataFrame, sme_schema: Schema, write_csv
+) -> None:
     frame = sme_frame.copy()
     offline = frame["platform_orders"].isna()
     assert offline.any()  # offline shops have no platform orders
@@ -124,7 +138,9 @@ def test_unsupported_and_absent_files(sme_schema: Schema, tmp_path: Path) -> Non
     assert "file not found" in _problems(tmp_path / "absent.csv", sme_schema)
 
 
-def test_protected_and_excluded_columns_never_reach_the_model(sme_frame: pd.DataFrame, sme_schema: Schema) -> None:
+def test_protected_and_excluded_columns_never_reach_the_model(
+    sme_frame: pd.DataFrame, sme_schema: Schema
+) -> None:
     data = encode_frame(sme_frame, sme_schema, "mem", exclude=["industry", "revenue_growth"])
     names = set(data.layout.numeric) | set(data.layout.categorical)
     assert not names & {"owner_age", "owner_gender", "owner_marital_status", "industry", "revenue_growth"}
@@ -134,7 +150,9 @@ def test_protected_and_excluded_columns_never_reach_the_model(sme_frame: pd.Data
 
 
 def test_scoring_input_needs_no_label(sme_frame: pd.DataFrame, sme_schema: Schema) -> None:
-    data = encode_frame(sme_frame.drop(columns=["default_12m"]).head(1), sme_schema, "mem", require_label=False, min_rows=1)
+    data = encode_frame(
+        sme_frame.drop(columns=["default_12m"]).head(1), sme_schema, "mem", require_label=False, min_rows=1
+    )
     assert data.label is None and len(data) == 1
 
 
@@ -142,8 +160,15 @@ def test_scoring_input_needs_no_label(sme_frame: pd.DataFrame, sme_schema: Schem
     ("schema", "files"),
     [
         ("uci_raw", ["UCI_Credit_Card.csv"]),
-        ("uci_homo", ["default_credit_homo_guest.csv", "default_credit_homo_host_1.csv",
-                      "default_credit_homo_host_2.csv", "default_credit_homo_test.csv"]),
+        (
+            "uci_homo",
+            [
+                "default_credit_homo_guest.csv",
+                "default_credit_homo_host_1.csv",
+                "default_credit_homo_host_2.csv",
+                "default_credit_homo_test.csv",
+            ],
+        ),
     ],
 )
 def test_real_uci_files_validate(fate_dir: Path, schema: str, files: list[str]) -> None:

@@ -9,7 +9,14 @@ import torch
 
 from federation.baselines import new_model
 from federation.loading import EncodedData, encode_frame
-from federation.model import FourDimensionModel, load_model, load_trainable_weights, save_model, tensors, trainable_weights
+from federation.model import (
+    FourDimensionModel,
+    load_model,
+    load_trainable_weights,
+    save_model,
+    tensors,
+    trainable_weights,
+)
 from federation.normalization import combine_moments, local_moments, stats_from_moments
 from federation.schema import Dimension, Schema
 from federation.scoring import points_from_logit, score
@@ -78,14 +85,23 @@ def test_fedprox_term_keeps_weights_closer_to_the_start(data: EncodedData) -> No
     train_local(prox, data, TrainConfig(epochs=1, proximal_mu=10.0), seed=1)
 
     def drift(m: FourDimensionModel) -> float:
-        return sum(float(((p - q) ** 2).sum().detach()) for p, q in zip(m.parameters(), start.parameters(), strict=True))
+        return sum(
+            float(((p - q) ** 2).sum().detach())
+            for p, q in zip(m.parameters(), start.parameters(), strict=True)
+        )
 
     assert drift(prox) < drift(plain)
 
 
 def test_federated_moments_equal_pooled_statistics(data: EncodedData) -> None:
-    parts = [data.subset(np.arange(0, 500)), data.subset(np.arange(500, 2200)), data.subset(np.arange(2200, len(data)))]
-    stats = stats_from_moments(combine_moments([local_moments(p.numeric) for p in parts], [len(p) for p in parts]))
+    parts = [
+        data.subset(np.arange(0, 500)),
+        data.subset(np.arange(500, 2200)),
+        data.subset(np.arange(2200, len(data))),
+    ]
+    stats = stats_from_moments(
+        combine_moments([local_moments(p.numeric) for p in parts], [len(p) for p in parts])
+    )
     np.testing.assert_allclose(stats.mean, np.nanmean(data.numeric, axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats.std, np.nanstd(data.numeric.astype(np.float64), axis=0), rtol=1e-4)
 
@@ -99,7 +115,7 @@ def test_weights_exchange_and_model_file_round_trip(data: EncodedData, tmp_path:
     loaded, meta = load_model(tmp_path / "m.pt")
     assert meta == {"schema": "sme"}
     np.testing.assert_allclose(predict_logits(loaded, data), predict_logits(model, data), atol=1e-6)
-    with pytest.raises(ValueError, match="expected .* weight arrays, got 1"):
+    with pytest.raises(ValueError, match=r"expected .* weight arrays, got 1"):
         load_trainable_weights(other, trainable_weights(model)[:1])
 
 

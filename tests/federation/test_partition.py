@@ -22,9 +22,12 @@ def population() -> pd.DataFrame:
     return generate_sme(60_000, seed=9)
 
 
-def test_sizes_follow_profiles_and_small_institutions_hold_1_to_5_percent(population: pd.DataFrame) -> None:
+@pytest.mark.parametrize("seed", [0, 9])  # 9 is also the population's seed: streams must not collide
+def test_sizes_follow_profiles_and_small_institutions_hold_1_to_5_percent(
+    population: pd.DataFrame, seed: int
+) -> None:
     profiles = institution_profiles(9)
-    shares = np.bincount(assign_institutions(population, 9, seed=0), minlength=9) / len(population)
+    shares = np.bincount(assign_institutions(population, 9, seed=seed), minlength=9) / len(population)
     for profile, share in zip(profiles, shares, strict=True):
         assert share == pytest.approx(profile.share, abs=0.01)
         if profile.kind == "small_lender":
@@ -41,7 +44,9 @@ def test_region_and_industry_skew(population: pd.DataFrame) -> None:
 
     overall_agri = float((population["industry"] == "agriculture").mean())
     assert share("rural_cooperative", "industry", "agriculture") > 2.5 * overall_agri
-    assert share("online_bank", "industry", "ecommerce") > 2.5 * float((population["industry"] == "ecommerce").mean())
+    assert share("online_bank", "industry", "ecommerce") > 2.5 * float(
+        (population["industry"] == "ecommerce").mean()
+    )
     assert share("city_bank_east", "region", "metro_east") > 0.6
     assert share("national_bank", "industry", "agriculture") == pytest.approx(overall_agri, abs=0.03)
 

@@ -41,7 +41,14 @@ def test_sme_schema_covers_four_dimensions_and_protects_owner_attributes() -> No
 def _raw(**column: object) -> dict[str, object]:
     col = {"name": "a", "dimension": "credit", "type": "numeric"}
     col.update(column)
-    return {"format_version": 1, "name": "t", "version": "1", "id_column": "id", "label_column": "y", "columns": [col]}
+    return {
+        "format_version": 1,
+        "name": "t",
+        "version": "1",
+        "id_column": "id",
+        "label_column": "y",
+        "columns": [col],
+    }
 
 
 @pytest.mark.parametrize(
@@ -81,7 +88,7 @@ def test_schema_level_errors() -> None:
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("name = \n")
-    with pytest.raises(SchemaError, match="broken.toml: invalid TOML"):
+    with pytest.raises(SchemaError, match=r"broken\.toml: invalid TOML"):
         load_schema(path)
 
 

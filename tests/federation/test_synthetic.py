@@ -12,7 +12,9 @@ from federation.synthetic import generate_sme
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
     pd.testing.assert_frame_equal(generate_sme(500, seed=4), generate_sme(500, seed=4))
-    assert not generate_sme(500, seed=4)["monthly_revenue"].equals(generate_sme(500, seed=5)["monthly_revenue"])
+    assert not generate_sme(500, seed=4)["monthly_revenue"].equals(
+        generate_sme(500, seed=5)["monthly_revenue"]
+    )
 
 
 def test_realistic_default_rate_and_known_oracle() -> None:
@@ -46,7 +48,9 @@ def test_risk_follows_the_dimensions() -> None:
     assert by_gender.max() / by_gender.min() < 1.15
 
 
-@pytest.mark.parametrize(("rows", "rate", "message"), [(10, 0.05, "n_rows must be at least 100"), (1000, 0.5, "default_rate")])
+@pytest.mark.parametrize(
+    ("rows", "rate", "message"), [(10, 0.05, "n_rows must be at least 100"), (1000, 0.5, "default_rate")]
+)
 def test_bad_arguments(rows: int, rate: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         generate_sme(rows, default_rate=rate)
@@ -62,6 +66,8 @@ def test_grocery_couple_example_is_a_valid_applicant(sme_schema: Schema) -> None
     assert data.ids.tolist() == ["grocery-couple"]
     frame = pd.read_csv(path)
     row = frame.iloc[0]
-    assert row["months_in_business"] == 96 and row["requested_amount"] == 100_000 and row["has_collateral"] == 0
+    assert (
+        row["months_in_business"] == 96 and row["requested_amount"] == 100_000 and row["has_collateral"] == 0
+    )
     assert row["utility_history_months"] >= 60 and row["utility_ontime_rate"] == 1.0
     assert np.isnan(data.numeric[0, data.layout.numeric.index("platform_orders")])
