@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from federation.errors import FedCreditError
-from federation.loading import load_dataset
+from federation.loading import encode_frame, load_dataset, read_table
 from federation.model import ModelConfig, load_model
 from federation.partition import assign_institutions, institution_profiles, write_partition
 from federation.scenarios import Federation, sme_federation, uci_federation
@@ -293,17 +293,17 @@ def data_partition(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Split SME borrowers into institutions with realistic size, region and industry skew."""
-    import pandas as pd
-
-    frame = pd.read_csv(path)
     try:
+        schema = resolve_schema("sme")
+        frame = read_table(path, schema)
+        encode_frame(frame, schema, str(path))  # refuse to split a file that is not valid SME data
         assignment = assign_institutions(frame, institutions, seed=seed)
         names = [p.name for p in institution_profiles(institutions)]
         folders = write_partition(frame, assignment, names, out, holdout, seed)
-    except (ValueError, KeyError) as exc:
+    except (FedCreditError, ValueError) as exc:
         raise _fail(exc) from exc
-    for name, folder in folders.items():
-        console.print(f"{name:24s} {int((assignment == names.index(name)).sum()):7d} rows -> {folder}")
+    for k, (name, folder) in enumerate(folders.items()):
+        console.print(f"{name:24s} {int((assignment == k).sum()):7d} rows -> {folder}")
 
 
 @schema_app.command("show")

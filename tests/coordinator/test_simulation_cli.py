@@ -120,3 +120,23 @@ def test_help_reads(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output
+
+
+def test_generate_then_partition(tmp_path: Path) -> None:
+    data = tmp_path / "sme.csv"
+    assert runner.invoke(app, ["data", "generate", str(data), "--rows", "3000", "--seed", "2"]).exit_code == 0
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["data", "partition", str(data), str(out), "--institutions", "4"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "city_bank_east",
+        "national_bank",
+        "online_bank",
+        "rural_cooperative",
+    ]
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(data).drop(columns=["region"]).to_csv(bad, index=False)
+    result = runner.invoke(app, ["data", "partition", str(bad), str(tmp_path / "out2")])
+    assert result.exit_code == 2
+    assert "column 'region': missing column" in result.output
+    assert not (tmp_path / "out2").exists()
