@@ -41,8 +41,17 @@ def _clean(metrics: dict[str, Scalar]) -> dict[str, Any]:
     }
 
 
+def _institution_key(result: tuple[ClientProxy, FitRes | EvaluateRes]) -> str:
+    return str(result[1].metrics.get(P.INSTITUTION, result[0].cid))
+
+
 class RecordingStrategy(Strategy):
-    """Delegates every decision to ``inner``; writes fit/evaluate outcomes to ``log``."""
+    """Delegates every decision to ``inner``; writes fit/evaluate outcomes to ``log``.
+
+    Results reach ``inner`` sorted by institution, not in arrival order, so the
+    floating-point sums of the aggregation, and hence a whole run, repeat exactly
+    under the same seed.
+    """
 
     def __init__(self, inner: Strategy, log: RoundLog) -> None:
         super().__init__()
@@ -68,6 +77,7 @@ class RecordingStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        results = sorted(results, key=_institution_key)
         for _, res in results:
             name = str(res.metrics.get(P.INSTITUTION, "unknown"))
             self.log.institution(name)["train_rows"] = res.num_examples
@@ -98,6 +108,7 @@ class RecordingStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
+        results = sorted(results, key=_institution_key)
         for _, res in results:
             name = str(res.metrics.get(P.INSTITUTION, "unknown"))
             self.log.institution(name)["holdout_rows"] = res.num_examples

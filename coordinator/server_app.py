@@ -151,7 +151,8 @@ class Coordinator:
             on_fit_config_fn=lambda _: config,
             initial_parameters=ndarrays_to_parameters(initial),
         )
-        DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=1), strategy))
+        ordered = RecordingStrategy(strategy, RoundLog())
+        DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=1), ordered))
         result = _global_weights(context)[0]
         if result.shape != shape:
             raise RuntimeError(f"nodes returned an array of shape {result.shape}, expected {shape}")

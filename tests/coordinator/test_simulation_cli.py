@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,33 +21,27 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grocery_store_coup
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    workdir = tmp_path_factory.mktemp("fedcredit")
+SIMULATE = [
+    *("simulate", "--dataset", "sme", "--institutions", "3"),
+    *("--rounds", "3", "--rows", "8000", "--seed", "1"),
+]
+
+
+def _simulate_in(workdir: Path) -> tuple[Path, str]:
     old = Path.cwd()
     os.chdir(workdir)
     try:
-        result = runner.invoke(
-            app,
-            [
-                "simulate",
-                "--dataset",
-                "sme",
-                "--institutions",
-                "3",
-                "--rounds",
-                "3",
-                "--rows",
-                "8000",
-                "--seed",
-                "1",
-            ],
-        )
-        assert result.exit_code == 0, result.output
-        (run_dir,) = list((workdir / "var" / "runs").iterdir())
-        yield run_dir, result.output
+        result = runner.invoke(app, SIMULATE)
     finally:
         os.chdir(old)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = list((workdir / "var" / "runs").iterdir())
+    return run_dir, result.output
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return _simulate_in(tmp_path_factory.mktemp("fedcredit"))
 
 
 def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None:
@@ -140,3 +133,12 @@ def test_generate_then_partition(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "column 'region': missing column" in result.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_whole_run_repeats_exactly_under_the_same_seed(run: tuple[Path, str], tmp_path: Path) -> None:
+    again, _ = _simulate_in(tmp_path)
+    first = torch.load(run[0] / "model.pt", weights_only=True)["state_dict"]
+    second = torch.load(again / "model.pt", weights_only=True)["state_dict"]
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
