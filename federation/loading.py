@@ -136,14 +136,7 @@ def _examples(values: pd.Series, mask: np.ndarray) -> str:
     return ", ".join(repr(v) for v in shown)
 
 
-def _check_numeric(col: Column, raw: pd.Series, problems: list[DataProblem]) -> np.ndarray:
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    present = raw.notna().to_numpy()
-    bad_type = present & np.isnan(values)
-    if bad_type.any():
-        problems.append(
-            DataProblem(col.name, f"not a number: {_examples(raw, bad_type)}", _first_rows(bad_type))
-        )
+def _check_missing(col: Column, present: np.ndarray, problems: list[DataProblem]) -> None:
     missing = ~present
     if missing.any() and col.missing is MissingPolicy.ERROR:
         problems.append(
@@ -153,6 +146,17 @@ def _check_numeric(col: Column, raw: pd.Series, problems: list[DataProblem]) -> 
                 _first_rows(missing),
             )
         )
+
+
+def _check_numeric(col: Column, raw: pd.Series, problems: list[DataProblem]) -> np.ndarray:
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    present = raw.notna().to_numpy()
+    bad_type = present & np.isnan(values)
+    if bad_type.any():
+        problems.append(
+            DataProblem(col.name, f"not a number: {_examples(raw, bad_type)}", _first_rows(bad_type))
+        )
+    _check_missing(col, present, problems)
     ok = ~np.isnan(values)
     if col.type is ColumnType.BINARY:
         bad = ok & (values != 0) & (values != 1)
@@ -193,15 +197,7 @@ def _check_categorical(col: Column, raw: pd.Series, problems: list[DataProblem])
                 _first_rows(unknown),
             )
         )
-    missing = ~present
-    if missing.any() and col.missing is MissingPolicy.ERROR:
-        problems.append(
-            DataProblem(
-                col.name,
-                f"{int(missing.sum())} missing value(s); the schema says missing = 'error'",
-                _first_rows(missing),
-            )
-        )
+    _check_missing(col, present, problems)
     return codes
 
 
