@@ -1,0 +1,460 @@
+"""Policy documents: a closed TOML schema, parsed into frozen dataclasses.
+
+Two kinds share a header (``format_version``, ``kind``, ``id``, ``version``,
+``owner``, ``effective``, ``expires``):
+
+* an **institution policy**, owned by one node's compliance office, says what
+  that institution's data may be used for;
+* a **federation policy**, the consortium agreement, lists the members and
+  their keys, the dataset schema, the aggregation and privacy settings and the
+  scoring rules.
+
+Any unknown key, wrong type or impossible value is refused with the file, the
+line and the key. A policy never names code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POLICY_FORMAT_VERSION = 1
+DIMENSIONS = ("operations", "credit", "behaviour", "scenario")
+PURPOSES = (
+    "credit_underwriting",
+    "risk_monitoring",
+    "collections",
+    "model_validation",
+    "regulatory_reporting",
+    "marketing",
+)
+NEVER_ALLOWED_PURPOSES = ("marketing",)
+ROLES = ("data_holder", "coordinator", "member", "auditor")
+STRATEGIES = ("fedavg", "fedprox")
+KEY_PATTERN = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
+
+
+class PolicyError(Exception):
+    """A policy file is missing, malformed or impossible. Names file, line and key."""
+
+
+# ---------------------------------------------------------------------------
+# documents
+
+
+@dataclass(frozen=True)
+class Header:
+    id: str
+    version: int
+    owner: str
+    effective: dt.date
+    expires: dt.date
+
+    def in_force(self, today: dt.date) -> bool:
+        return self.effective <= today <= self.expires
+
+
+@dataclass(frozen=True)
+class PrivacyLimits:
+    max_epsilon_per_run: float | None  # None: the policy sets no limit
+    lifetime_epsilon_budget: float | None
+    delta: float
+
+
+@dataclass(frozen=True)
+class InstitutionPolicy:
+    header: Header
+    institution: str
+    allowed_dimensions: tuple[str, ...]
+    allowed_features: tuple[str, ...]  # ("*",) = every feature of an allowed dimension
+    forbidden_features: tuple[str, ...]
+    min_local_records: int
+    allowed_schemas: tuple[str, ...]
+    allowed_purposes: tuple[str, ...]
+    require_secure_aggregation: bool
+    min_institutions_per_round: int
+    accepted_coordinator_keys: tuple[str, ...]
+    privacy: PrivacyLimits
+    retention_days: int
+    sha256: str
+
+    kind = "institution"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    role: str
+    public_key: str
+
+
+@dataclass(frozen=True)
+class ScoringRules:
+    allowed_members: tuple[str, ...]
+    allowed_purposes: tuple[str, ...]
+    require_consent_reference: bool
+    requests_per_minute: int
+
+
+@dataclass(frozen=True)
+class FederationPolicy:
+    header: Header
+    members: tuple[Member, ...]
+    schema: str
+    schema_version: str
+    strategy: str
+    rounds: int
+    max_rounds: int
+    min_institutions: int
+    proximal_mu: float
+    secure_aggregation: bool
+    epsilon: float | None
+    delta: float
+    scoring: ScoringRules
+    sha256: str
+
+    kind = "federation"
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
+
+Policy = InstitutionPolicy | FederationPolicy
+
+
+# ---------------------------------------------------------------------------
+# reading with locations
+
+
+class _Reader:
+    """Typed access to a parsed TOML table that reports file, line and key on error."""
+
+    def __init__(self, source: str, text: str, table: dict[str, Any], path: tuple[str, ...] = ()) -> None:
+        self.source = source
+        self.text = text
+        self.table = table
+        self.path = path
+        self.used: set[str] = set()
+
+    def where(self, key: str | None = None) -> str:
+        dotted = ".".join([*self.path, key] if key else list(self.path)) or "(top level)"
+        return f"{self.source}:{_line_of(self.text, self.path, key)}: {dotted}"
+
+    def fail(self, key: str | None, message: str) -> PolicyError:
+        return PolicyError(f"{self.where(key)}: {message}")
+
+    def get(
+        self,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                return self._missing(key)
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(key, f"expected {_names(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"expected {_names(kinds)}, got {type(value).__name__} {value!r}")
+        if check is not None and (problem := check(value)) is not None:
+            raise self.fail(key, problem)
+        return value
+
+    def _missing(self, key: str) -> Any:
+        dotted = ".".join([*self.path, key])
+        raise PolicyError(
+            f"{self.source}:{_line_of(self.text, self.path, None)}: missing required key {dotted!r}"
+        )
+
+    def strings(
+        self, key: str, default: Any = ..., allowed: tuple[str, ...] | None = None
+    ) -> tuple[str, ...]:
+        values = self.get(key, list, default)
+        if values is None:
+            return ()
+        out = []
+        for v in values:
+            if not isinstance(v, str):
+                raise self.fail(key, f"every entry must be a string, got {v!r}")
+            if allowed is not None and v not in allowed:
+                raise self.fail(key, f"{v!r} is not one of {list(allowed)}")
+            out.append(v)
+        if len(set(out)) != len(out):
+            raise self.fail(key, "has duplicate entries")
+        return tuple(out)
+
+    def sub(self, key: str, required: bool = True) -> _Reader:
+        self.used.add(key)
+        value = self.table.get(key)
+        if value is None:
+            if required:
+                self._missing(key)
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table [{key}], got {type(value).__name__}")
+        return _Reader(self.source, self.text, value, (*self.path, key))
+
+    def close(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key {unknown[0]!r}; this policy format has no such setting")
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dt.date: "a date",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _line_of(text: str, table: tuple[str, ...], key: str | None) -> int:
+    """Best-effort line number of ``key`` in ``[table]`` (or of the table header)."""
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    current: tuple[str, ...] = ()
+    table_line = 1
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = header.match(line)
+        if m:
+            current = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            if current == table:
+                table_line = number
+            continue
+        if key is not None and current == table and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
+            return number
+    return table_line
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"must be >= 0, got {v}"
+
+
+def _epsilon(v: Any) -> str | None:
+    if isinstance(v, float) and math.isnan(v):
+        return "must be a number, got nan"
+    return None if v > 0 else f"epsilon must be > 0, got {v}"
+
+
+def _delta(v: Any) -> str | None:
+    return None if 0 < v < 1 else f"delta must be between 0 and 1 (exclusive), got {v}"
+
+
+def _not_blank(v: Any) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _key(v: Any) -> str | None:
+    return None if KEY_PATTERN.match(v) else "must be an Ed25519 public key 'ed25519:<base64 of 32 bytes>'"
+
+
+def _read_header(r: _Reader, kind: str) -> Header:
+    fmt = r.get("format_version", int)
+    if fmt != POLICY_FORMAT_VERSION:
+        raise r.fail(
+            "format_version",
+            f"unsupported format_version {fmt}; this FedCredit reads {POLICY_FORMAT_VERSION}",
+        )
+    found = r.get("kind", str)
+    if found != kind:
+        raise r.fail("kind", f"expected a {kind!r} policy, got {found!r}")
+    header = Header(
+        id=r.get("id", str, check=_not_blank),
+        version=r.get("version", int, check=_positive),
+        owner=r.get("owner", str, check=_not_blank),
+        effective=r.get("effective", dt.date),
+        expires=r.get("expires", dt.date),
+    )
+    if isinstance(header.effective, dt.datetime) or isinstance(header.expires, dt.datetime):
+        raise r.fail("effective", "use plain dates (YYYY-MM-DD), not date-times")
+    if header.expires < header.effective:
+        raise r.fail("expires", f"expires {header.expires} is before effective {header.effective}")
+    return header
+
+
+def _purposes(r: _Reader, key: str) -> tuple[str, ...]:
+    purposes = r.strings(key, allowed=PURPOSES)
+    banned = [p for p in purposes if p in NEVER_ALLOWED_PURPOSES]
+    if banned:
+        raise r.fail(key, f"{banned[0]!r} can never be an allowed purpose")
+    if not purposes:
+        raise r.fail(key, "must allow at least one purpose")
+    return purposes
+
+
+def _privacy(r: _Reader) -> PrivacyLimits:
+    number = (int, float)
+    max_eps = r.get("max_epsilon_per_run", number, None, _epsilon)
+    lifetime = r.get("lifetime_epsilon_budget", number, None, _epsilon)
+    if max_eps is not None and lifetime is not None and max_eps > lifetime:
+        raise r.fail("max_epsilon_per_run", f"{max_eps} exceeds lifetime_epsilon_budget {lifetime}")
+    return PrivacyLimits(
+        None if max_eps is None else float(max_eps),
+        None if lifetime is None else float(lifetime),
+        float(r.get("delta", number, 1e-5, _delta)),
+    )
+
+
+def _institution(r: _Reader, sha256: str) -> InstitutionPolicy:
+    header = _read_header(r, "institution")
+    institution = r.get("institution", str, check=_not_blank)
+    data = r.sub("data")
+    fed = r.sub("federation")
+    privacy = r.sub("privacy")
+    retention = r.sub("retention", required=False)
+    policy = InstitutionPolicy(
+        header=header,
+        institution=institution,
+        allowed_dimensions=data.strings("allowed_dimensions", allowed=DIMENSIONS),
+        allowed_features=data.strings("allowed_features", ("*",)),
+        forbidden_features=data.strings("forbidden_features", ()),
+        min_local_records=data.get("min_local_records", int, check=_positive),
+        allowed_schemas=data.strings("allowed_schemas"),
+        allowed_purposes=_purposes(fed, "allowed_purposes"),
+        require_secure_aggregation=fed.get("require_secure_aggregation", bool),
+        min_institutions_per_round=fed.get("min_institutions_per_round", int, check=_positive),
+        accepted_coordinator_keys=_keys(fed, "accepted_coordinator_keys"),
+        privacy=_privacy(privacy),
+        retention_days=retention.get("local_artifacts_days", int, 30, _non_negative),
+        sha256=sha256,
+    )
+    both = set(policy.allowed_features) & set(policy.forbidden_features)
+    if both:
+        raise data.fail("forbidden_features", f"{sorted(both)} are both allowed and forbidden")
+    for reader in (data, fed, privacy, retention, r):
+        reader.close()
+    return policy
+
+
+def _keys(r: _Reader, key: str) -> tuple[str, ...]:
+    keys = r.strings(key)
+    for k in keys:
+        if problem := _key(k):
+            raise r.fail(key, f"{k[:24]}...: {problem}")
+    if not keys:
+        raise r.fail(key, "must accept at least one coordinator key")
+    return keys
+
+
+def _federation(r: _Reader, sha256: str) -> FederationPolicy:
+    header = _read_header(r, "federation")
+    raw_members = r.get("members", list)
+    r.used.add("members")
+    members = []
+    for i, raw in enumerate(raw_members):
+        if not isinstance(raw, dict):
+            raise r.fail("members", f"entry {i} must be a table [[members]]")
+        m = _Reader(r.source, r.text, raw, ("members",))
+        members.append(
+            Member(
+                name=m.get("name", str, check=_not_blank),
+                role=m.get(
+                    "role", str, check=lambda v: None if v in ROLES else f"{v!r} is not one of {list(ROLES)}"
+                ),
+                public_key=m.get("public_key", str, check=_key),
+            )
+        )
+        m.close()
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise r.fail("members", "a member is listed twice")
+    if not any(m.role == "coordinator" for m in members):
+        raise r.fail("members", "no member has the role 'coordinator'")
+    dataset = r.sub("dataset")
+    agg = r.sub("aggregation")
+    privacy = r.sub("privacy")
+    scoring = r.sub("scoring")
+    rounds = agg.get("rounds", int, check=_positive)
+    max_rounds = agg.get("max_rounds", int, rounds, _positive)
+    if rounds > max_rounds:
+        raise agg.fail("rounds", f"{rounds} exceeds max_rounds {max_rounds}")
+    min_inst = agg.get("min_institutions", int, check=_positive)
+    holders = sum(m.role == "data_holder" for m in members)
+    if min_inst > holders:
+        raise agg.fail(
+            "min_institutions", f"{min_inst} exceeds the {holders} data holder(s) listed as members"
+        )
+    epsilon = privacy.get("epsilon", (int, float), None, _epsilon)
+    allowed_members = scoring.strings("allowed_members")
+    unknown = [n for n in allowed_members if n not in names]
+    if unknown:
+        raise scoring.fail("allowed_members", f"{unknown[0]!r} is not a member")
+    policy = FederationPolicy(
+        header=header,
+        members=tuple(members),
+        schema=dataset.get("schema", str, check=_not_blank),
+        schema_version=dataset.get("schema_version", str, check=_not_blank),
+        strategy=agg.get(
+            "strategy",
+            str,
+            check=lambda v: None if v in STRATEGIES else f"{v!r} is not one of {list(STRATEGIES)}",
+        ),
+        rounds=rounds,
+        max_rounds=max_rounds,
+        min_institutions=min_inst,
+        proximal_mu=float(agg.get("proximal_mu", (int, float), 0.01, _positive)),
+        secure_aggregation=privacy.get("secure_aggregation", bool),
+        epsilon=None if epsilon is None else float(epsilon),
+        delta=float(privacy.get("delta", (int, float), 1e-5, _delta)),
+        scoring=ScoringRules(
+            allowed_members=allowed_members,
+            allowed_purposes=_purposes(scoring, "allowed_purposes"),
+            require_consent_reference=scoring.get("require_consent_reference", bool),
+            requests_per_minute=scoring.get("requests_per_minute", int, check=_positive),
+        ),
+        sha256=sha256,
+    )
+    for reader in (dataset, agg, privacy, scoring, r):
+        reader.close()
+    return policy
+
+
+def parse_policy(data: bytes, source: str) -> Policy:
+    """Parse policy bytes; the sha256 of exactly these bytes is the policy's identity."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{source}: not UTF-8 text ({exc})") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: malformed TOML: {exc}") from exc
+    sha256 = hashlib.sha256(data).hexdigest()
+    reader = _Reader(source, text, raw)
+    kind = raw.get("kind")
+    if kind == "institution":
+        return _institution(reader, sha256)
+    if kind == "federation":
+        return _federation(reader, sha256)
+    raise reader.fail("kind", f"must be 'institution' or 'federation', got {kind!r}")
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and check a policy file (its signature is checked by :mod:`policies.signing`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: no policy file here; without a policy nothing is permitted") from None
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy ({exc.strerror})") from exc
+    return parse_policy(data, str(path))

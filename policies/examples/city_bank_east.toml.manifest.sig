@@ -1,0 +1,1 @@
+7Ncauxlob7YqiJsTYQzPk7x3fmpRmACa9P10hbeTdFFRuaDXxMq9tKO5sPSH476MUdEvSKWZd+XyVboCfLsTBA==

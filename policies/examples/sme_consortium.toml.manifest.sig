@@ -1,0 +1,1 @@
+TcsrrHLrl8HALiu8ss0fCdBDbfQpniese30IDtpY0jEsbAuvZntqN3W7N/xNRP6YTPhi/6/PfzsUwHQIqBFJAQ==

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from policies.documents import FederationPolicy, InstitutionPolicy, PolicyError, load_policy, parse_policy
+
+from .conftest import EXAMPLES
+
+
+def _text(name: str = "national_bank") -> str:
+    return (EXAMPLES / f"{name}.toml").read_text()
+
+
+def _error(text: str) -> str:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text.encode(), "p.toml")
+    return str(err.value)
+
+
+def test_examples_parse_and_hash_is_identity() -> None:
+    policy = load_policy(EXAMPLES / "national_bank.toml")
+    assert isinstance(policy, InstitutionPolicy)
+    assert policy.header.version == 1 and policy.header.expires == dt.date(2027, 12, 31)
+    assert "owner_gender" in policy.forbidden_features
+    import hashlib
+
+    assert policy.sha256 == hashlib.sha256((EXAMPLES / "national_bank.toml").read_bytes()).hexdigest()
+    fed = load_policy(EXAMPLES / "sme_consortium.toml")
+    assert isinstance(fed, FederationPolicy)
+    assert fed.member("coordinator") is not None and fed.min_institutions == 3
+
+
+def test_missing_policy_fails_closed(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="no policy file here; without a policy nothing is permitted"):
+        load_policy(tmp_path / "absent.toml")
+
+
+def test_malformed_toml() -> None:
+    assert _error("kind = \n").startswith("p.toml: malformed TOML: ")
+
+
+def test_unknown_key_names_file_line_and_key() -> None:
+    text = _text().replace(
+        "min_local_records = 1000", "min_local_records = 1000\nshare_with_marketing = true"
+    )
+    line = text.splitlines().index("share_with_marketing = true") + 1
+    assert (
+        _error(text) == f"p.toml:{line}: data.share_with_marketing: unknown key 'share_with_marketing'; "
+        "this policy format has no such setting"
+    )
+
+
+def test_wrong_type() -> None:
+    text = _text().replace("min_local_records = 1000", 'min_local_records = "many"')
+    line = text.splitlines().index('min_local_records = "many"') + 1
+    assert _error(text) == f"p.toml:{line}: data.min_local_records: expected an integer, got str 'many'"
+    text = _text().replace("require_secure_aggregation = false", "require_secure_aggregation = 1")
+    assert "federation.require_secure_aggregation: expected true/false, got int 1" in _error(text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "lifetime_epsilon_budget = 10.0",
+            "lifetime_epsilon_budget = 0.0",
+            "privacy.lifetime_epsilon_budget: epsilon must be > 0, got 0.0",
+        ),
+        ("lifetime_epsilon_budget = 10.0", "lifetime_epsilon_budget = -3", "epsilon must be > 0, got -3"),
+        (
+            "expires = 2027-12-31",
+            "expires = 2025-12-31",
+            "expires: expires 2025-12-31 is before effective 2026-01-01",
+        ),
+        ("delta = 1e-5", "delta = 1.5", "privacy.delta: delta must be between 0 and 1 (exclusive), got 1.5"),
+        (
+            '["credit_underwriting", "risk_monitoring"]',
+            '["credit_underwriting", "marketing"]',
+            "'marketing' can never be an allowed purpose",
+        ),
+        (
+            '["credit_underwriting", "risk_monitoring"]',
+            '["credit_underwriting", "astrology"]',
+            "'astrology' is not one of",
+        ),
+        ("\nversion = 1", "\nversion = 0", "version: must be > 0, got 0"),
+        ("format_version = 1", "format_version = 9", "unsupported format_version 9"),
+    ],
+)
+def test_impossible_values(old: str, new: str, message: str) -> None:
+    text = _text()
+    assert old in text
+    assert message in _error(text.replace(old, new, 1))
+
+
+def test_missing_required_key() -> None:
+    text = _text().replace('owner = "Compliance Office, National Bank (DEMO)"\n', "")
+    assert "missing required key 'owner'" in _error(text)
+
+
+def test_federation_policy_checks() -> None:
+    text = _text("sme_consortium")
+    assert "min_institutions: 9 exceeds the 5 data holder(s)" in _error(
+        text.replace("min_institutions = 3", "min_institutions = 9")
+    )
+    assert "'somebody' is not a member" in _error(
+        text.replace('allowed_members = ["national_bank"', 'allowed_members = ["somebody"')
+    )
+    assert "rounds: 80 exceeds max_rounds 50" in _error(text.replace("rounds = 10\n", "rounds = 80\n"))
