@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.server_app import RunSettings
-from coordinator.simulation import SimulatedNode, run_simulated_federation
+from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
 from federation.baselines import gbdt_features, gbdt_pooled, pool, train_for_epochs, train_local_only
 from federation.loading import EncodedData, load_dataset
 from federation.metrics import score_metrics
@@ -60,6 +60,8 @@ def _federate(
     nodes: list[SimulatedNode], settings: RunSettings
 ) -> tuple[FourDimensionModel, dict[str, float], float]:
     started = time.perf_counter()
+    # simulation policies for every node (the demo examples would refuse on purpose)
+    nodes = with_policies(nodes, WORK / "policies", use_examples=False)
     outcome = run_simulated_federation(
         nodes, settings, on_round=lambda r, m: print(f"  round {r:2d}  test AUC {m['auc']:.4f}", flush=True)
     )

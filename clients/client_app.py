@@ -6,7 +6,7 @@ secure-aggregation mod (SecAgg+) works only with that API.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -14,13 +14,14 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
 from clients.node_data import NodeData, load_node_data
+from clients.policy_guard import NodeConfigResolver, PolicyGuard
 from federation import protocol as P
+from federation.loading import EncodedData, FeatureLayout
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, local_moments
 from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
-
-NodeConfigResolver = Callable[[Context], Mapping[str, str]]
+from policies.decisions import SignedRequest
 
 
 class SchemaMismatchError(RuntimeError):
@@ -38,6 +39,15 @@ class CreditNodeClient(NumPyClient):
     def __init__(self, node: NodeData) -> None:
         self.node = node
 
+    def _data(self, config: Mapping[str, Scalar], holdout: bool = False) -> EncodedData | None:
+        """The node's rows restricted to the features the (already permitted) request names."""
+        raw = config.get(P.TRAINING_REQUEST)
+        if not isinstance(raw, bytes):
+            raise ValueError("the message carries no signed training request")
+        features = [name for name, _ in SignedRequest.from_wire(raw).request.features]
+        data = self.node.holdout if holdout else self.node.train
+        return None if data is None else data.select(features)
+
     def _check_schema(self, config: Mapping[str, Scalar]) -> None:
         name, version = config.get(P.SCHEMA_NAME), config.get(P.SCHEMA_VERSION)
         if (name, version) != (self.node.schema.name, self.node.schema.version):
@@ -46,9 +56,11 @@ class CreditNodeClient(NumPyClient):
                 f"node data follows {self.node.schema.name} {self.node.schema.version}"
             )
 
-    def _model(self, parameters: NDArrays, config: Mapping[str, Scalar]) -> FourDimensionModel:
+    def _model(
+        self, parameters: NDArrays, config: Mapping[str, Scalar], layout: FeatureLayout
+    ) -> FourDimensionModel:
         model = FourDimensionModel(
-            self.node.train.layout,
+            layout,
             ModelConfig(hidden=int(config[P.HIDDEN]), embedding_dim=int(config[P.EMBEDDING_DIM])),
         )
         model.set_normalization(
@@ -62,14 +74,15 @@ class CreditNodeClient(NumPyClient):
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         self._check_schema(config)
-        train = self.node.train
+        train = self._data(config)
+        assert train is not None
         if config[P.PHASE] == P.PHASE_STATS:
             return (
                 [local_moments(train.numeric).astype(np.float64)],
                 len(train),
                 {P.INSTITUTION: self.node.institution},
             )
-        model = self._model(parameters, config)
+        model = self._model(parameters, config, train.layout)
         if config[P.PHASE] == P.PHASE_REFERENCE:
             return [mean_raw_contributions(model, train)], len(train), {P.INSTITUTION: self.node.institution}
         settings = TrainConfig(
@@ -92,10 +105,10 @@ class CreditNodeClient(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         self._check_schema(config)
-        data = self.node.holdout
+        data = self._data(config, holdout=True)
         if data is None or data.label is None or len(data) == 0:
             return 0.0, 0, {P.INSTITUTION: self.node.institution}
-        p = predict_proba(self._model(parameters, config), data)
+        p = predict_proba(self._model(parameters, config, data.layout), data)
         metrics: dict[str, Scalar] = dict(score_metrics(data.label, p))
         metrics[P.INSTITUTION] = self.node.institution
         return _log_loss(data.label, p), len(data), metrics
@@ -124,7 +137,7 @@ def build_client_app(resolve: NodeConfigResolver = node_config) -> ClientApp:
         node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
         return CreditNodeClient(node).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return ClientApp(client_fn=client_fn, mods=[PolicyGuard(resolve)])
 
 
 app = build_client_app()

@@ -24,6 +24,7 @@ from federation.schema import dump_schema, resolve_schema
 from federation.scoring import score
 from federation.synthetic import generate_sme
 from federation.training import TrainConfig
+from policies.cli import register as register_policy_commands
 
 app = typer.Typer(
     help="FedCredit: train a four-dimension credit-risk model across institutions without pooling data.",
@@ -34,6 +35,7 @@ data_app = typer.Typer(help="Generate, check and split datasets.", no_args_is_he
 schema_app = typer.Typer(help="Inspect dataset schemas.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(schema_app, name="schema")
+register_policy_commands(app)
 
 console = Console()
 RUNS_DIR = Path("var/runs")
@@ -67,11 +69,13 @@ def _run_federation(
     strategy: str,
     seed: int,
     local_epochs: int,
+    purpose: str = "credit_underwriting",
+    min_institutions: int = 3,
 ) -> dict[str, object]:
     # Flower and Ray load only when a federation actually runs
     from coordinator.report import write_report
     from coordinator.server_app import RunSettings
-    from coordinator.simulation import SimulatedNode, run_simulated_federation
+    from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
 
     settings = RunSettings(
         schema=federation.schema,
@@ -80,10 +84,15 @@ def _run_federation(
         train=TrainConfig(epochs=local_epochs),
         model=ModelConfig(),
         seed=seed,
-        min_institutions=len(federation.institutions),
+        min_institutions=min(min_institutions, len(federation.institutions)),
         test_path=federation.test_path,
+        run_id=run_id,
+        purpose=purpose,
     )
-    nodes = [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()]
+    nodes = with_policies(
+        [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
+        run_dir,
+    )
     started = time.perf_counter()
     with Progress(
         TextColumn("[bold]federated training"),
@@ -111,6 +120,19 @@ def _run_federation(
 def _print_report(report: dict[str, object], run_dir: Path) -> None:
     final = report.get("final_test_metrics") or {}
     assert isinstance(final, dict)
+    failures = report.get("failures") or []
+    assert isinstance(failures, list)
+    refused: dict[str, dict[str, object]] = {}
+    for failure in failures:
+        if "institution" in failure:
+            refused.setdefault(str(failure["institution"]), failure)
+    for name, failure in sorted(refused.items()):
+        rules = failure["rules"]
+        assert isinstance(rules, list)
+        console.print(
+            f"[bold red]refused[/] by [bold]{name}[/]'s policy ({', '.join(rules)}): "
+            f"{failure['reason']}; the run went on without it"
+        )
     table = Table(title=f"run {report['run_id']}")
     table.add_column("institution")
     table.add_column("train rows", justify="right")

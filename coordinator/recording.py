@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from federation import protocol as P
+from policies.decisions import Refusal
 
 
 @dataclass
@@ -53,11 +55,41 @@ class RecordingStrategy(Strategy):
     under the same seed.
     """
 
-    def __init__(self, inner: Strategy, log: RoundLog) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        log: RoundLog,
+        min_results: int = 1,
+        on_refusal: Callable[[int, str, Refusal], None] | None = None,
+        on_round_end: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.log = log
+        self.min_results = min_results
+        self.on_refusal = on_refusal
+        self.on_round_end = on_round_end
         self._fit_started = 0.0
+
+    def _failures(self, server_round: int, stage: str, failures: Sequence[object]) -> None:
+        """Log each failure; a node's policy refusal is parsed and handed to ``on_refusal``."""
+        for failure in failures:
+            if isinstance(failure, BaseException):
+                error = failure.args[0] if failure.args else failure
+                reason = getattr(error, "reason", None) or repr(failure)
+            else:
+                reason = f"status {failure[1].status.message}"  # type: ignore[index]
+            entry: dict[str, Any] = {"round": server_round, "stage": stage, "reason": reason}
+            refusal = Refusal.from_reason(reason)
+            if refusal is not None:
+                entry.update(
+                    institution=refusal.institution,
+                    rules=list(refusal.rules),
+                    reason="; ".join(refusal.reasons),
+                )
+                if self.on_refusal is not None:
+                    self.on_refusal(server_round, stage, refusal)
+            self.log.failures.append(entry)
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
@@ -83,12 +115,15 @@ class RecordingStrategy(Strategy):
             self.log.institution(name)["train_rows"] = res.num_examples
             if P.TRAIN_LOSS in res.metrics:
                 self.log.round_entry(name, server_round)["train_loss"] = float(res.metrics[P.TRAIN_LOSS])
-        for failure in failures:
-            reason = (
-                repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
+        self._failures(server_round, "fit", failures)
+        if len(results) < self.min_results:
+            raise RuntimeError(
+                f"round {server_round}: {len(results)} institution(s) trained, the run requires at least "
+                f"{self.min_results}; refusals: {[f.get('institution', f['reason']) for f in self.log.failures]}"
             )
-            self.log.failures.append({"round": server_round, "stage": "fit", "reason": reason})
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if self.on_round_end is not None:
+            self.on_round_end(server_round)
         if self.log.central and self.log.central[-1]["round"] == server_round:
             self.log.central[-1]["fit_seconds"] = time.perf_counter() - self._fit_started
         else:
@@ -114,11 +149,7 @@ class RecordingStrategy(Strategy):
             self.log.institution(name)["holdout_rows"] = res.num_examples
             if res.num_examples:
                 self.log.round_entry(name, server_round).update(_clean(res.metrics), loss=res.loss)
-        for failure in failures:
-            reason = (
-                repr(failure) if isinstance(failure, BaseException) else f"status {failure[1].status.message}"
-            )
-            self.log.failures.append({"round": server_round, "stage": "evaluate", "reason": reason})
+        self._failures(server_round, "evaluate", failures)
         return self.inner.aggregate_evaluate(server_round, results, failures)
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from sklearn.metrics import roc_curve
 from coordinator.server_app import RunOutcome, RunSettings
 from federation.metrics import score_metrics
 from federation.model import save_model
+from policies.audit import create_audit_engine, record
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "model.pt"
@@ -72,6 +74,13 @@ def write_report(
         }
     )
     save_model(outcome.model, run_dir / MODEL_FILE, {"run_id": run_id, "schema": settings.schema})
+    record(
+        create_audit_engine(settings.audit_url),
+        actor="coordinator",
+        action="model.register",
+        resource=f"{run_id}/{MODEL_FILE}",
+        input_sha256=hashlib.sha256((run_dir / MODEL_FILE).read_bytes()).hexdigest(),
+    )
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
     plot_run(run_dir / PLOT_FILE, outcome)
     return report

@@ -23,6 +23,7 @@ from flwr.server.strategy import FedAvg, FedProx, Strategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
+from sqlmodel import Session
 
 from coordinator.recording import RecordingStrategy, RoundLog
 from federation import protocol as P
@@ -32,8 +33,14 @@ from federation.model import FourDimensionModel, ModelConfig, load_trainable_wei
 from federation.normalization import NormStats, stats_from_moments
 from federation.schema import Schema, resolve_schema
 from federation.training import TrainConfig, predict_proba
+from policies.audit import DEFAULT_DATABASE_URL, append, create_audit_engine, record, sign_head
+from policies.decisions import Refusal, TrainingRequest, sign_request
+from policies.signing import load_private_key
 
 STRATEGIES = ("fedavg", "fedprox")
+DEMO_COORDINATOR_KEY = (
+    Path(__file__).resolve().parents[1] / "policies" / "examples" / "keys" / "demo_coordinator.key"
+)
 
 RoundCallback = Callable[[int, dict[str, float]], None]
 
@@ -52,6 +59,10 @@ class RunSettings:
     min_institutions: int = 2
     test_path: Path | None = None
     evaluate_on_nodes: bool = True  # each node scores the global model on its holdout rows
+    run_id: str = "run"
+    purpose: str = "credit_underwriting"
+    coordinator_key: Path = DEMO_COORDINATOR_KEY  # signs the training request every node checks
+    audit_url: str = DEFAULT_DATABASE_URL
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -105,13 +116,64 @@ class Coordinator:
         self.test: EncodedData | None = (
             load_dataset(settings.test_path, self.schema) if settings.test_path else None
         )
+        self.key = load_private_key(settings.coordinator_key)
+        self.request = sign_request(
+            TrainingRequest(
+                run_id=settings.run_id,
+                purpose=settings.purpose,
+                schema=self.schema.name,
+                schema_version=self.schema.version,
+                features=self.layout.features(),
+                strategy=settings.strategy,
+                rounds=settings.rounds,
+                min_institutions=settings.min_institutions,
+                secure_aggregation=False,
+            ),
+            self.key,
+        )
+        self.audit = create_audit_engine(settings.audit_url)
 
     def _base_config(self) -> dict[str, Scalar]:
         return {
             P.SCHEMA_NAME: self.schema.name,
             P.SCHEMA_VERSION: self.schema.version,
             P.SEED: self.settings.seed,
+            P.TRAINING_REQUEST: self.request.to_wire(),
         }
+
+    def _audit(self, action: str, resource: str, **fields: Any) -> None:
+        record(self.audit, actor="coordinator", action=action, resource=resource, **fields)
+
+    def _on_refusal(self, phase: str, server_round: int, stage: str, refusal: Refusal) -> None:
+        self._audit(
+            f"{stage}.refused",
+            f"{self.settings.run_id}/{refusal.institution}/{phase}-{server_round}",
+            decision="deny",
+            rules=refusal.rules,
+            policy_sha256=refusal.policy_sha256,
+            input_sha256=refusal.input_sha256 or self.request.digest,
+        )
+
+    def _on_round_end(self, server_round: int) -> None:
+        with Session(self.audit) as session:
+            append(
+                session,
+                actor="coordinator",
+                action="round.end",
+                resource=f"{self.settings.run_id}/round-{server_round}",
+                input_sha256=self.request.digest,
+            )
+            sign_head(session, self.key)
+            session.commit()
+
+    def _recording(self, inner: Strategy, log: RoundLog, phase: str) -> RecordingStrategy:
+        return RecordingStrategy(
+            inner,
+            log,
+            min_results=self.settings.min_institutions,
+            on_refusal=lambda r, stage, refusal: self._on_refusal(phase, r, stage, refusal),
+            on_round_end=self._on_round_end if phase == P.PHASE_TRAIN else None,
+        )
 
     def _model_config(self, stats: NormStats) -> dict[str, Scalar]:
         return {
@@ -147,11 +209,10 @@ class Coordinator:
             fraction_evaluate=0.0,
             min_fit_clients=n,
             min_available_clients=n,
-            accept_failures=False,
             on_fit_config_fn=lambda _: config,
             initial_parameters=ndarrays_to_parameters(initial),
         )
-        ordered = RecordingStrategy(strategy, RoundLog())
+        ordered = self._recording(strategy, RoundLog(), str(config[P.PHASE]))
         DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=1), ordered))
         result = _global_weights(context)[0]
         if result.shape != shape:
@@ -221,9 +282,18 @@ class Coordinator:
         return evaluate
 
     def __call__(self, grid: Grid, context: Context) -> None:
+        self._audit("run.start", self.settings.run_id, input_sha256=self.request.digest)
+        try:
+            self._run(grid, context)
+        except Exception:
+            self._audit("run.end", self.settings.run_id, decision="failed", input_sha256=self.request.digest)
+            raise
+        self._audit("run.end", self.settings.run_id, decision="completed", input_sha256=self.request.digest)
+
+    def _run(self, grid: Grid, context: Context) -> None:
         stats = self.normalization_phase(grid, context)
         self.outcome.normalization = stats
-        strategy = RecordingStrategy(self.training_strategy(stats), self.outcome.log)
+        strategy = self._recording(self.training_strategy(stats), self.outcome.log, P.PHASE_TRAIN)
         DefaultWorkflow()(
             grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy)
         )

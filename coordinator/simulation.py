@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flwr.common import Context
@@ -13,6 +15,7 @@ from flwr.common import Context
 from clients.client_app import build_client_app
 from coordinator.server_app import RoundCallback, RunOutcome, RunSettings, build_server_app
 from federation import protocol as P
+from policies.signing import generate_keypair, read_public_keys, sign_policy
 
 PROJECT_VAR = Path("var")
 
@@ -24,13 +27,95 @@ class SimulatedNode:
     institution: str
     data_path: Path
     schema: str
+    policy: Path | None = None
+    trusted_policy_keys: Path | None = None
+    audit_db: str = ""
 
     def node_config(self) -> dict[str, str]:
-        return {
+        cfg = {
             P.NODE_NAME: self.institution,
             P.NODE_DATA_PATH: str(self.data_path),
             P.NODE_SCHEMA: self.schema,
         }
+        if self.policy is not None:
+            cfg[P.NODE_POLICY] = str(self.policy)
+        if self.trusted_policy_keys is not None:
+            cfg[P.NODE_TRUSTED_POLICY_KEYS] = str(self.trusted_policy_keys)
+        if self.audit_db:
+            cfg[P.NODE_AUDIT_DB] = self.audit_db
+        return cfg
+
+
+EXAMPLE_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "examples"
+
+SIMULATION_POLICY = """# SIMULATION POLICY: written and signed by `fedcredit simulate` for one run.
+format_version = 1
+kind = "institution"
+id = "simulation.{institution}"
+version = 1
+owner = "simulation"
+institution = "{institution}"
+effective = {today}
+expires = {tomorrow}
+
+[data]
+allowed_schemas = ["{schema}"]
+allowed_dimensions = ["operations", "credit", "behaviour", "scenario"]
+allowed_features = ["*"]
+forbidden_features = []
+min_local_records = 50
+
+[federation]
+allowed_purposes = ["credit_underwriting", "risk_monitoring"]
+require_secure_aggregation = false
+min_institutions_per_round = 2
+accepted_coordinator_keys = ["{coordinator}"]
+
+[privacy]
+delta = 1e-5
+"""
+
+
+def with_policies(
+    nodes: Sequence[SimulatedNode], run_dir: Path, use_examples: bool = True
+) -> list[SimulatedNode]:
+    """Give every node a signed policy: the demo example for its institution when one
+    exists (and ``use_examples``), else a simulation policy signed with a key made for this run."""
+    coordinator = read_public_keys(EXAMPLE_POLICIES / "keys" / "demo_coordinator.pub")[0]
+    keys = run_dir / "keys"
+    out = []
+    for node in nodes:
+        folder = node.data_path / "policy"
+        folder.mkdir(parents=True, exist_ok=True)
+        example = EXAMPLE_POLICIES / f"{node.institution}.toml"
+        if use_examples and example.is_file():
+            for source in EXAMPLE_POLICIES.glob(f"{node.institution}.toml*"):
+                shutil.copy2(source, folder / source.name)
+            trusted = EXAMPLE_POLICIES / "keys" / f"demo_{node.institution}.pub"
+        else:
+            if not (keys / "simulation_compliance.key").is_file():
+                generate_keypair(
+                    keys, "simulation_compliance", comment="made by fedcredit simulate for one run"
+                )
+            text = SIMULATION_POLICY.format(
+                institution=node.institution,
+                schema=node.schema,
+                coordinator=coordinator,
+                today=dt.date.today(),
+            )
+            (folder / f"{node.institution}.toml").write_text(text, encoding="utf-8")
+            sign_policy(folder / f"{node.institution}.toml", keys / "simulation_compliance.key")
+            trusted = keys / "simulation_compliance.pub"
+        out.append(
+            replace(
+                node,
+                policy=folder / f"{node.institution}.toml",
+                trusted_policy_keys=trusted,
+                audit_db=node.audit_db
+                or f"sqlite:///{(run_dir / 'audit' / f'node-{node.institution}.db').resolve()}",
+            )
+        )
+    return out
 
 
 class SimulatedNodeConfigs:

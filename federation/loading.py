@@ -47,6 +47,30 @@ class FeatureLayout:
             cardinalities=tuple(len(c.categories) + 1 for c in cat),
         )
 
+    def restrict(self, features: Collection[str]) -> FeatureLayout:
+        """The same layout keeping only ``features`` (order unchanged)."""
+        unknown = sorted(set(features) - set(self.numeric) - set(self.categorical))
+        if unknown:
+            raise ValueError(
+                f"feature(s) {unknown} are not model inputs here (unknown, protected or excluded)"
+            )
+        keep_n = [i for i, n in enumerate(self.numeric) if n in features]
+        keep_c = [i for i, n in enumerate(self.categorical) if n in features]
+        return FeatureLayout(
+            numeric=tuple(self.numeric[i] for i in keep_n),
+            numeric_dimensions=tuple(self.numeric_dimensions[i] for i in keep_n),
+            numeric_imputed=tuple(self.numeric_imputed[i] for i in keep_n),
+            categorical=tuple(self.categorical[i] for i in keep_c),
+            categorical_dimensions=tuple(self.categorical_dimensions[i] for i in keep_c),
+            cardinalities=tuple(self.cardinalities[i] for i in keep_c),
+        )
+
+    def features(self) -> tuple[tuple[str, str], ...]:
+        """(column, dimension) of every input: what a training request lists."""
+        return tuple(zip(self.numeric, (d.value for d in self.numeric_dimensions), strict=True)) + tuple(
+            zip(self.categorical, (d.value for d in self.categorical_dimensions), strict=True)
+        )
+
     @property
     def dimensions(self) -> tuple[Dimension, ...]:
         """Non-empty dimensions, in the canonical order."""
@@ -91,6 +115,13 @@ class EncodedData:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def select(self, features: Collection[str]) -> EncodedData:
+        """Only the columns in ``features``: the rest never reaches the model."""
+        layout = self.layout.restrict(features)
+        num = [self.layout.numeric.index(n) for n in layout.numeric]
+        cat = [self.layout.categorical.index(n) for n in layout.categorical]
+        return EncodedData(self.ids, self.numeric[:, num], self.categorical[:, cat], self.label, layout)
 
     def subset(self, rows: np.ndarray) -> EncodedData:
         return EncodedData(

@@ -23,6 +23,7 @@ HIDDEN: Final = "model-hidden"
 EMBEDDING_DIM: Final = "model-embedding-dim"
 NORM_MEAN: Final = "norm-mean"
 NORM_STD: Final = "norm-std"
+TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, canonical JSON bytes
 
 # metrics keys returned by nodes
 INSTITUTION: Final = "institution"
@@ -32,6 +33,9 @@ TRAIN_LOSS: Final = "train-loss"
 NODE_DATA_PATH: Final = "data-path"
 NODE_SCHEMA: Final = "schema"
 NODE_NAME: Final = "institution"
+NODE_POLICY: Final = "policy"  # the institution policy TOML, signed beside it
+NODE_TRUSTED_POLICY_KEYS: Final = "trusted-policy-keys"  # .pub file or folder
+NODE_AUDIT_DB: Final = "audit-db"  # database URL of the node's audit log
 
 
 def encode_vector(values: np.ndarray) -> bytes:

@@ -212,3 +212,40 @@ def evaluate_training(
         input_sha256=signed.digest,
         decided_at=(now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What a refused node tells the coordinator (never data)."""
+
+    institution: str
+    rules: tuple[str, ...]
+    reasons: tuple[str, ...]
+    policy_sha256: str = ""
+    input_sha256: str = ""
+
+    def to_reason(self) -> str:
+        return json.dumps(
+            {
+                "institution": self.institution,
+                "rules": list(self.rules),
+                "reasons": list(self.reasons),
+                "policy_sha256": self.policy_sha256,
+                "input_sha256": self.input_sha256,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_reason(cls, reason: str) -> Refusal | None:
+        try:
+            raw = json.loads(reason)
+            return cls(
+                raw["institution"],
+                tuple(raw["rules"]),
+                tuple(raw["reasons"]),
+                raw["policy_sha256"],
+                raw["input_sha256"],
+            )
+        except (ValueError, KeyError, TypeError):
+            return None

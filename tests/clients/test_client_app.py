@@ -10,8 +10,40 @@ from clients.client_app import CreditNodeClient, SchemaMismatchError, build_clie
 from clients.node_data import load_node_data
 from federation import protocol as P
 from federation.errors import DataValidationError
+from federation.loading import FeatureLayout
 from federation.normalization import local_moments
 from federation.partition import TRAIN_FILE
+from federation.schema import resolve_schema
+from policies.decisions import TrainingRequest, sign_request
+from policies.signing import load_private_key
+
+KEYS = Path(__file__).resolve().parents[2] / "policies" / "examples" / "keys"
+
+
+def request_bytes(features: tuple[tuple[str, str], ...] | None = None, **changes: object) -> bytes:
+    layout = FeatureLayout.from_schema(resolve_schema("sme"))
+    fields: dict[str, object] = dict(
+        run_id="r1",
+        purpose="credit_underwriting",
+        schema="sme",
+        schema_version="1.0.0",
+        features=features or layout.features(),
+        strategy="fedavg",
+        rounds=3,
+        min_institutions=3,
+        secure_aggregation=False,
+    )
+    fields.update(changes)
+    return sign_request(TrainingRequest(**fields), load_private_key(KEYS / "demo_coordinator.key")).to_wire()  # type: ignore[arg-type]
+
+
+def config(phase: str = P.PHASE_STATS, request: bytes | None = None) -> dict[str, object]:
+    return {
+        P.PHASE: phase,
+        P.SCHEMA_NAME: "sme",
+        P.SCHEMA_VERSION: "1.0.0",
+        P.TRAINING_REQUEST: request or request_bytes(),
+    }
 
 
 @pytest.fixture
@@ -25,20 +57,42 @@ def node_dir(sme_frame: pd.DataFrame, tmp_path: Path) -> Path:
 def test_stats_phase_returns_only_aggregates(node_dir: Path) -> None:
     node = load_node_data(node_dir, "sme")
     client = CreditNodeClient(node)
-    config = {P.PHASE: P.PHASE_STATS, P.SCHEMA_NAME: "sme", P.SCHEMA_VERSION: "1.0.0"}
-    arrays, n, metrics = client.fit([], config)
+    arrays, n, metrics = client.fit([], config())  # type: ignore[arg-type]
     assert n == len(node.train)
     assert len(arrays) == 1 and arrays[0].shape == (3, len(node.train.layout.numeric))
     np.testing.assert_allclose(arrays[0], local_moments(node.train.numeric))
     assert metrics == {P.INSTITUTION: "bank_a"}
 
 
+def test_columns_outside_the_request_never_reach_the_model(node_dir: Path) -> None:
+    """The data has `industry` and `region`; a request without them gives a narrower model."""
+    node = load_node_data(node_dir, "sme")
+    full = FeatureLayout.from_schema(resolve_schema("sme"))
+    narrow = tuple(f for f in full.features() if f[0] not in ("industry", "region"))
+    client = CreditNodeClient(node)
+    data = client._data(config(request=request_bytes(narrow)))  # type: ignore[arg-type]
+    assert data is not None
+    assert data.layout.width == full.width - 2
+    assert (
+        "industry" not in data.layout.categorical and data.categorical.shape[1] == len(full.categorical) - 2
+    )
+    assert "industry" in pd.read_csv(node_dir / TRAIN_FILE).columns
+
+
+def test_protected_column_cannot_be_requested(node_dir: Path) -> None:
+    client = CreditNodeClient(load_node_data(node_dir, "sme"))
+    features = (*FeatureLayout.from_schema(resolve_schema("sme")).features(), ("owner_gender", "behaviour"))
+    with pytest.raises(ValueError, match=r"\['owner_gender'\] are not model inputs here"):
+        client._data(config(request=request_bytes(features)))  # type: ignore[arg-type]
+
+
 def test_node_refuses_another_schema(node_dir: Path) -> None:
     client = CreditNodeClient(load_node_data(node_dir, "sme"))
+    bad = {**config(), P.SCHEMA_NAME: "uci_homo"}
     with pytest.raises(
-        SchemaMismatchError, match=r"run asks for schema uci_homo 1.0.0, node data follows sme 1.0.0"
+        SchemaMismatchError, match=r"run asks for schema uci_homo 1\.0\.0, node data follows sme 1\.0\.0"
     ):
-        client.fit([], {P.PHASE: P.PHASE_STATS, P.SCHEMA_NAME: "uci_homo", P.SCHEMA_VERSION: "1.0.0"})
+        client.fit([], bad)  # type: ignore[arg-type]
 
 
 def test_node_data_is_read_once_per_process(node_dir: Path) -> None:

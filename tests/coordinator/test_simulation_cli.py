@@ -22,8 +22,8 @@ runner = CliRunner()
 
 
 SIMULATE = [
-    *("simulate", "--dataset", "sme", "--institutions", "3"),
-    *("--rounds", "3", "--rows", "8000", "--seed", "1"),
+    *("simulate", "--dataset", "sme", "--institutions", "5"),
+    *("--rounds", "3", "--rows", "12000", "--seed", "1"),
 ]
 
 
@@ -53,19 +53,50 @@ def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None
     assert aucs[-1] > aucs[0]
     assert report["final_test_metrics"]["auc"] == pytest.approx(aucs[-1])
     assert report["final_test_metrics"]["auc"] > 0.65
-    assert set(report["institutions"]) == {"national_bank", "online_bank", "rural_cooperative"}
+    # the coastal credit union's demo policy allows only risk monitoring: it refuses, the run goes on
+    assert set(report["institutions"]) == {
+        "national_bank",
+        "online_bank",
+        "rural_cooperative",
+        "city_bank_east",
+    }
     for inst in report["institutions"].values():
         assert inst["train_rows"] > 0 and inst["holdout_rows"] > 0
         assert [r["round"] for r in inst["rounds"]] == [1, 2, 3]
         assert "auc" in inst["rounds"][-1] and "train_loss" in inst["rounds"][-1]
-    assert report["failures"] == []
+    refusals = {f["institution"] for f in report["failures"]}
+    assert refusals == {"coastal_credit_union"}
+    assert all("forbid.purpose_not_allowed" in f["rules"] for f in report["failures"])
+
+
+def test_refusal_is_visible_and_audited(run: tuple[Path, str]) -> None:
+    run_dir, output = run
+    assert "refused by coastal_credit_union's policy (forbid.purpose_not_allowed" in " ".join(output.split())
+    workdir = run_dir.parents[2]
+    db = f"sqlite:///{workdir / 'var' / 'fedcredit.db'}"
+    verify = runner.invoke(app, ["audit", "verify", "--db", db])
+    assert verify.exit_code == 0, verify.output
+    assert "intact" in verify.output
+    out = workdir / "audit.jsonl"
+    assert runner.invoke(app, ["audit", "export", "--jsonl", str(out), "--db", db]).exit_code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    actions = [e["action"] for e in lines]
+    assert actions[0] == "run.start" and actions[-1] == "model.register" and "run.end" in actions
+    refused = [e for e in lines if e["action"] == "fit.refused"]
+    assert refused and all("coastal_credit_union" in e["resource"] for e in refused)
+    assert actions.count("round.end") == 3
+    node_db = run_dir / "audit" / "node-coastal_credit_union.db"
+    node = runner.invoke(app, ["audit", "export", "--jsonl", "-", "--db", f"sqlite:///{node_db}"])
+    assert '"decision":"deny"' in node.output and "forbid.purpose_not_allowed" in node.output
     assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_normalization_was_computed_federatedly_and_exactly(run: tuple[Path, str]) -> None:
     run_dir, _ = run
     schema = resolve_schema("sme")
-    parts = [load_dataset(f / "train.csv", schema) for f in sorted((run_dir / "institutions").iterdir())]
+    report = json.loads((run_dir / "report.json").read_text())
+    trained = sorted(report["institutions"])  # the refused institution sent nothing
+    parts = [load_dataset(run_dir / "institutions" / name / "train.csv", schema) for name in trained]
     pooled = stats_from_moments(
         combine_moments([local_moments(p.numeric) for p in parts], [len(p) for p in parts])
     )

@@ -1,0 +1,132 @@
+"""The node's compliance check, as a Flower client mod: no permit, no update.
+
+Before every training, evaluation or statistics message the guard
+
+1. loads the node's policy only if it is signed by a key the node trusts,
+   unmodified and in force (once per process; a failure denies every message);
+2. verifies the coordinator's signature on the run's training request;
+3. evaluates the request against the policy;
+4. writes the decision to the node's audit log;
+5. on deny, answers with an error naming the rules, so nothing derived from the
+   data leaves the node, and the coordinator learns why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import flwr.compat.common.recorddict_compat as compat
+from flwr.app import Context, Error, Message
+from flwr.app.message_type import MessageType
+from sqlalchemy.engine import Engine
+
+from clients.node_data import load_node_data
+from federation import protocol as P
+from policies.audit import create_audit_engine, record
+from policies.decisions import Decision, Refusal, SignedRequest, evaluate_training
+from policies.documents import InstitutionPolicy, PolicyError
+from policies.signing import read_public_keys, verify_policy
+
+POLICY_DENIED = 4030  # Error code of a refusal by the node's policy
+NodeConfigResolver = Callable[[Context], Mapping[str, str]]
+
+
+def node_audit_url(cfg: Mapping[str, str], institution: str) -> str:
+    return cfg.get(P.NODE_AUDIT_DB) or f"sqlite:///var/audit/node-{institution}.db"
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
+    return create_audit_engine(url)
+
+
+@lru_cache(maxsize=8)
+def _verified_policy(policy_path: str, trust_path: str) -> InstitutionPolicy:
+    if not policy_path:
+        raise PolicyError(
+            "the node has no policy configured (node config 'policy'); without a policy nothing is permitted"
+        )
+    if not trust_path:
+        raise PolicyError("the node trusts no policy signing key (node config 'trusted-policy-keys')")
+    verified = verify_policy(Path(policy_path), read_public_keys(trust_path))
+    if not isinstance(verified.policy, InstitutionPolicy):
+        raise PolicyError(
+            f"{policy_path}: a node needs an institution policy, got a {verified.policy.kind} policy"
+        )
+    return verified.policy
+
+
+def _config(msg: Message) -> Mapping[str, object]:
+    if msg.metadata.message_type == MessageType.TRAIN:
+        return compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    return compat.recorddict_to_evaluateins(msg.content, keep_input=True).config
+
+
+class PolicyGuard:
+    """A Flower mod; ``resolve`` gives the node config (real or simulated)."""
+
+    def __init__(self, resolve: NodeConfigResolver) -> None:
+        self.resolve = resolve
+
+    def decide(self, msg: Message, ctxt: Context) -> tuple[Decision | None, Refusal | None]:
+        cfg = self.resolve(ctxt)
+        institution = cfg.get(P.NODE_NAME) or Path(cfg.get(P.NODE_DATA_PATH, "node")).name
+        engine = _engine(node_audit_url(cfg, institution))
+        actor = f"node:{institution}"
+        try:
+            policy = _verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
+        except PolicyError as exc:
+            record(
+                engine,
+                actor=actor,
+                action="node.policy.load",
+                resource=cfg.get(P.NODE_POLICY, ""),
+                decision="deny",
+                rules=["deny.no_valid_policy"],
+            )
+            return None, Refusal(institution, ("deny.no_valid_policy",), (str(exc),))
+        raw = _config(msg).get(P.TRAINING_REQUEST)
+        try:
+            if not isinstance(raw, bytes):
+                raise ValueError("the message carries no signed training request")
+            signed = SignedRequest.from_wire(raw)
+        except ValueError as exc:
+            record(
+                engine,
+                actor=actor,
+                action="train.decide",
+                resource="?",
+                decision="deny",
+                rules=["deny.no_request"],
+                policy_sha256=policy.sha256,
+            )
+            return None, Refusal(institution, ("deny.no_request",), (str(exc),), policy.sha256)
+        records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
+        decision = evaluate_training(policy, signed, records)
+        record(
+            engine,
+            actor=actor,
+            action=f"{msg.metadata.message_type}.decide",
+            resource=signed.request.run_id,
+            decision=decision.effect,
+            rules=decision.rules,
+            policy_sha256=decision.policy_sha256,
+            input_sha256=decision.input_sha256,
+        )
+        if decision.allowed:
+            return decision, None
+        return decision, Refusal(
+            institution, decision.rules, decision.reasons, decision.policy_sha256, decision.input_sha256
+        )
+
+    def __call__(
+        self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if msg.metadata.message_type not in (MessageType.TRAIN, MessageType.EVALUATE):
+            return call_next(msg, ctxt)
+        _, refusal = self.decide(msg, ctxt)
+        if refusal is not None:
+            return Message(Error(code=POLICY_DENIED, reason=refusal.to_reason()), reply_to=msg)
+        return call_next(msg, ctxt)

@@ -1,0 +1,272 @@
+"""The auditor's and compliance officer's commands: keys, policies, the audit chain."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from sqlmodel import Session
+
+from policies.audit import DEFAULT_DATABASE_URL, create_audit_engine, export_jsonl, verify_chain
+from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, sign_request
+from policies.documents import InstitutionPolicy, Policy, PolicyError, load_policy
+from policies.signing import (
+    generate_keypair,
+    key_id,
+    load_private_key,
+    read_public_keys,
+    sign_policy,
+    verify_policy,
+)
+
+console = Console()
+keys_app = typer.Typer(help="Ed25519 signing keys.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Sign, verify, read, compare and test compliance policies.", no_args_is_help=True
+)
+audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)
+
+DbOption = Annotated[str, typer.Option("--db", envvar="DATABASE_URL", help="Audit database URL.")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=2)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    name: Annotated[str, typer.Argument(help="Key name: writes NAME.key (private) and NAME.pub.")],
+    out: Annotated[Path, typer.Option(help="Folder for the key files.")] = Path("var/keys"),
+) -> None:
+    """Generate an Ed25519 key pair; the private key file is readable by its owner only."""
+    try:
+        private, public = generate_keypair(out, name)
+    except PolicyError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"private key: {private}\npublic key:  {public}  (id {key_id(read_public_keys(public)[0])})"
+    )
+
+
+@policy_app.command("sign")
+def policy_sign(
+    policy: Annotated[Path, typer.Argument(help="Policy TOML file.")],
+    key: Annotated[Path, typer.Option(help="Private key of the signing officer.")],
+) -> None:
+    """Check a policy, then write its manifest (file hashes) and the signature over the manifest."""
+    try:
+        manifest, signature = sign_policy(policy, key)
+    except (PolicyError, OSError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"signed: {manifest}, {signature}")
+
+
+@policy_app.command("verify")
+def policy_verify(
+    policy: Annotated[Path, typer.Argument(help="Policy TOML file (manifest and signature beside it).")],
+    trust: Annotated[Path, typer.Option(help="Trusted public key file, or a folder of .pub files.")],
+) -> None:
+    """Verify signature, signer, file hash and validity dates. Exit code 2 when any check fails."""
+    try:
+        verified = verify_policy(policy, read_public_keys(trust))
+    except PolicyError as exc:
+        raise _fail(exc) from exc
+    h = verified.policy.header
+    console.print(
+        f"[green]valid[/]: {h.id} v{h.version}, sha256 {verified.policy.sha256}, "
+        f"signed by {key_id(verified.signed_by)} at {verified.signed_at}, in force {h.effective}..{h.expires}"
+    )
+
+
+def _summary(policy: Policy) -> list[str]:
+    h = policy.header
+    lines = [
+        f"{h.id} version {h.version} ({policy.kind} policy)",
+        f"owner: {h.owner}",
+        f"in force: {h.effective} to {h.expires}",
+        f"sha256: {policy.sha256}",
+    ]
+    if isinstance(policy, InstitutionPolicy):
+        p = policy.privacy
+        lines += [
+            f"institution: {policy.institution}",
+            f"data may be used for: {', '.join(policy.allowed_purposes)}",
+            f"schemas: {', '.join(policy.allowed_schemas)}; dimensions: {', '.join(policy.allowed_dimensions)}",
+            "features: "
+            + (
+                "all of those dimensions"
+                if "*" in policy.allowed_features
+                else ", ".join(policy.allowed_features)
+            ),
+            f"never used: {', '.join(policy.forbidden_features) or 'nothing listed'}",
+            f"at least {policy.min_local_records} local records and {policy.min_institutions_per_round} institutions per round",
+            f"secure aggregation: {'required' if policy.require_secure_aggregation else 'not required'}",
+            f"privacy: epsilon per run {p.max_epsilon_per_run or 'no limit set'}, lifetime budget "
+            f"{p.lifetime_epsilon_budget or 'no limit set'}, delta {p.delta}",
+            f"coordinators accepted: {', '.join(key_id(k) for k in policy.accepted_coordinator_keys)}",
+            f"local artefacts kept {policy.retention_days} days",
+        ]
+    else:
+        s = policy.scoring
+        lines += [
+            "members: "
+            + ", ".join(f"{m.name} ({m.role}, key {key_id(m.public_key)})" for m in policy.members),
+            f"dataset: {policy.schema} {policy.schema_version}",
+            f"aggregation: {policy.strategy}, {policy.rounds} rounds (at most {policy.max_rounds}), at least {policy.min_institutions} institutions",
+            f"secure aggregation: {'on' if policy.secure_aggregation else 'off'}; epsilon {policy.epsilon or 'not set'}, delta {policy.delta}",
+            f"scoring: {', '.join(s.allowed_members)} may query for {', '.join(s.allowed_purposes)}; consent reference "
+            f"{'required' if s.require_consent_reference else 'not required'}; {s.requests_per_minute} requests/minute",
+        ]
+    return lines
+
+
+@policy_app.command("show")
+def policy_show(policy: Annotated[Path, typer.Argument(help="Policy TOML file.")]) -> None:
+    """A readable summary of a policy (does not check its signature: use `policy verify`)."""
+    try:
+        loaded = load_policy(policy)
+    except PolicyError as exc:
+        raise _fail(exc) from exc
+    for line in _summary(loaded):
+        console.print(line, highlight=False)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            out |= _flatten(getattr(value, f.name), f"{prefix}{f.name}.")
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def describe_changes(old: Policy, new: Policy) -> list[str]:
+    """What changed between two policies, one sentence per setting."""
+    a, b = _flatten(old), _flatten(new)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if key == "sha256" or a.get(key) == b.get(key):
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, tuple) and isinstance(y, tuple):
+            added, removed = [v for v in y if v not in x], [v for v in x if v not in y]
+            parts = ([f"added {added}"] if added else []) + ([f"removed {removed}"] if removed else [])
+            lines.append(f"{key}: {'; '.join(parts) or 'reordered'}")
+        else:
+            lines.append(f"{key}: {x!r} -> {y!r}")
+    return lines
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old: Annotated[Path, typer.Argument(help="Earlier policy.")],
+    new: Annotated[Path, typer.Argument(help="Later policy.")],
+) -> None:
+    """What changed between two versions of a policy, in words."""
+    try:
+        changes = describe_changes(load_policy(old), load_policy(new))
+    except PolicyError as exc:
+        raise _fail(exc) from exc
+    for line in changes or ["no change in any setting"]:
+        console.print(line, highlight=False)
+
+
+@policy_app.command("request")
+def policy_request(
+    out: Annotated[Path, typer.Argument(help="Where to write the signed request (JSON).")],
+    key: Annotated[Path, typer.Option(help="Coordinator private key.")],
+    purpose: Annotated[str, typer.Option()] = "credit_underwriting",
+    schema: Annotated[str, typer.Option()] = "sme",
+    schema_version: Annotated[str, typer.Option()] = "1.0.0",
+    feature: Annotated[list[str] | None, typer.Option(help="column:dimension, repeatable.")] = None,
+    min_institutions: Annotated[int, typer.Option()] = 3,
+    secure_aggregation: Annotated[bool, typer.Option()] = False,
+    epsilon: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Write a signed training request, e.g. to try `policy explain` on it."""
+    features = tuple(tuple(f.split(":", 1)) for f in feature or ["monthly_revenue:operations"])
+    request = TrainingRequest(
+        run_id="explain",
+        purpose=purpose,
+        schema=schema,
+        schema_version=schema_version,
+        features=features,  # type: ignore[arg-type]
+        strategy="fedavg",
+        rounds=10,
+        min_institutions=min_institutions,
+        secure_aggregation=secure_aggregation,
+        epsilon=epsilon,
+    )
+    out.write_bytes(sign_request(request, load_private_key(key)).to_wire())
+    console.print(f"wrote {out}")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    policy: Annotated[Path, typer.Argument(help="Institution policy TOML file.")],
+    request: Annotated[
+        Path, typer.Option(help="Signed training request (JSON, as `policy request` writes).")
+    ],
+    records: Annotated[int, typer.Option(help="Local records the node would train on.")] = 10_000,
+    today: Annotated[str | None, typer.Option(help="Evaluate as of this date (YYYY-MM-DD).")] = None,
+) -> None:
+    """The decision a node would take on a request, with the rules that fired."""
+    try:
+        loaded = load_policy(policy)
+        if not isinstance(loaded, InstitutionPolicy):
+            raise PolicyError(f"{policy}: explain needs an institution policy")
+        signed = SignedRequest.from_wire(request.read_bytes())
+        decision = evaluate_training(
+            loaded, signed, records, today=dt.date.fromisoformat(today) if today else None
+        )
+    except (PolicyError, ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    colour = "green" if decision.allowed else "red"
+    console.print(
+        f"[bold {colour}]{decision.effect.upper()}[/] under {decision.policy_id} v{decision.policy_version}"
+    )
+    for rule, reason in zip(decision.rules, decision.reasons or ("",) * len(decision.rules), strict=True):
+        console.print(f"  {rule}" + (f": {reason}" if reason else ""), highlight=False)
+    console.print(
+        f"policy sha256 {decision.policy_sha256}\nrequest sha256 {decision.input_sha256}", highlight=False
+    )
+
+
+@audit_app.command("verify")
+def audit_verify(db: DbOption = DEFAULT_DATABASE_URL) -> None:
+    """Walk the chain; names the first entry modified, deleted, inserted or reordered. Exit 2 if broken."""
+    with Session(create_audit_engine(db)) as session:
+        report = verify_chain(session)
+    if not report.ok:
+        console.print(
+            f"[bold red]broken[/] after {report.checked} good entr(y/ies): {report.problem}", highlight=False
+        )
+        raise typer.Exit(code=2)
+    console.print(f"[green]intact[/]: {report.checked} entries, head {report.head_hash}", highlight=False)
+
+
+@audit_app.command("export")
+def audit_export(
+    jsonl: Annotated[Path, typer.Option("--jsonl", help="Output file ('-' for standard output).")],
+    db: DbOption = DEFAULT_DATABASE_URL,
+) -> None:
+    """Write the whole chain as JSON lines, one entry per line, in sequence order."""
+    with Session(create_audit_engine(db)) as session:
+        if str(jsonl) == "-":
+            count = export_jsonl(session, sys.stdout)
+        else:
+            with jsonl.open("w", encoding="utf-8") as out:
+                count = export_jsonl(session, out)
+    console.print(f"exported {count} entries", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(policy_app, name="policy")
+    app.add_typer(audit_app, name="audit")
