@@ -86,6 +86,9 @@ def create_audit_engine(url: str = DEFAULT_DATABASE_URL) -> Engine:
         @event.listens_for(engine, "connect")
         def _no_implicit_begin(dbapi_conn: Any, _: Any) -> None:
             dbapi_conn.isolation_level = None
+            # write-ahead log: one fsync per commit (synchronous=FULL keeps every commit durable)
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=FULL")
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Any) -> None:
@@ -141,10 +144,9 @@ def append(
 
 def record(engine: Engine, **fields: Any) -> AuditEntry:
     """Append one entry in its own transaction (for events with no other write)."""
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         entry = append(session, **fields)
         session.commit()
-        session.refresh(entry)
         return entry
 
 
