@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from sqlmodel import Session
 
-from policies.audit import DEFAULT_DATABASE_URL, create_audit_engine, export_jsonl, verify_chain
+from policies.audit import DEFAULT_DATABASE_URL, create_audit_engine, export_jsonl, record, verify_chain
 from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, sign_request
 from policies.documents import InstitutionPolicy, Policy, PolicyError, load_policy
 from policies.signing import (
@@ -43,15 +43,16 @@ def _fail(exc: Exception) -> typer.Exit:
 def keys_generate(
     name: Annotated[str, typer.Argument(help="Key name: writes NAME.key (private) and NAME.pub.")],
     out: Annotated[Path, typer.Option(help="Folder for the key files.")] = Path("var/keys"),
+    db: DbOption = DEFAULT_DATABASE_URL,
 ) -> None:
-    """Generate an Ed25519 key pair; the private key file is readable by its owner only."""
+    """Generate an Ed25519 key pair (private key readable by its owner only); audited as a key change."""
     try:
         private, public = generate_keypair(out, name)
     except PolicyError as exc:
         raise _fail(exc) from exc
-    console.print(
-        f"private key: {private}\npublic key:  {public}  (id {key_id(read_public_keys(public)[0])})"
-    )
+    kid = key_id(read_public_keys(public)[0])
+    record(create_audit_engine(db), actor="keys", action="key.generate", resource=f"{name}:{kid}")
+    console.print(f"private key: {private}\npublic key:  {public}  (id {kid})")
 
 
 @policy_app.command("sign")
