@@ -33,7 +33,7 @@ from federation.model import FourDimensionModel, ModelConfig, load_trainable_wei
 from federation.normalization import NormStats, stats_from_moments
 from federation.schema import Schema, resolve_schema
 from federation.training import TrainConfig, predict_proba
-from policies.audit import DEFAULT_DATABASE_URL, append, create_audit_engine, record, sign_head
+from policies.audit import append, create_audit_engine, database_url, record, sign_head
 from policies.decisions import Refusal, TrainingRequest, sign_request
 from policies.signing import load_private_key
 
@@ -62,7 +62,7 @@ class RunSettings:
     run_id: str = "run"
     purpose: str = "credit_underwriting"
     coordinator_key: Path = DEMO_COORDINATOR_KEY  # signs the training request every node checks
-    audit_url: str = DEFAULT_DATABASE_URL
+    audit_url: str = field(default_factory=database_url)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

@@ -102,6 +102,7 @@ def with_policies(
                 schema=node.schema,
                 coordinator=coordinator,
                 today=dt.date.today(),
+                tomorrow=dt.date.today() + dt.timedelta(days=1),
             )
             (folder / f"{node.institution}.toml").write_text(text, encoding="utf-8")
             sign_policy(folder / f"{node.institution}.toml", keys / "simulation_compliance.key")

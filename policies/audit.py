@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ from policies.signing import canonical_json, public_key_text, sha256_hex, sign_b
 GENESIS = "0" * 64
 ADVISORY_LOCK_KEY = 0x46454443  # "FEDC"
 DEFAULT_DATABASE_URL = "sqlite:///var/fedcredit.db"
+
+
+def database_url() -> str:
+    """``$DATABASE_URL`` (e.g. PostgreSQL in production), else the embedded SQLite file."""
+    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 class AuditEntry(SQLModel, table=True):
