@@ -11,6 +11,7 @@ from clients.node_data import load_node_data
 from federation import protocol as P
 from federation.errors import DataValidationError
 from federation.loading import FeatureLayout
+from federation.model import FourDimensionModel
 from federation.normalization import local_moments
 from federation.partition import TRAIN_FILE
 from federation.schema import resolve_schema
@@ -77,6 +78,12 @@ def test_columns_outside_the_request_never_reach_the_model(node_dir: Path) -> No
         "industry" not in data.layout.categorical and data.categorical.shape[1] == len(full.categorical) - 2
     )
     assert "industry" in pd.read_csv(node_dir / TRAIN_FILE).columns
+
+    def input_width(layout: FeatureLayout) -> int:
+        return sum(t.mlp[0].in_features for t in FourDimensionModel(layout).towers.values())  # type: ignore[index]
+
+    embedding = FourDimensionModel(full).config.embedding_dim
+    assert input_width(data.layout) == input_width(full) - 2 * embedding
 
 
 def test_protected_column_cannot_be_requested(node_dir: Path) -> None:
