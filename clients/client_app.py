@@ -14,13 +14,15 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 
 from clients.node_data import NodeData, load_node_data
-from clients.policy_guard import NodeConfigResolver, PolicyGuard
+from clients.policy_guard import NodeConfigResolver, PolicyGuard, node_audit_url, node_engine
 from federation import protocol as P
 from federation.loading import EncodedData, FeatureLayout
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, local_moments
+from federation.privacy import DEFAULT_MAX_GRAD_NORM, epsilon_spent, plan_dp, train_local_dp
 from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
+from policies.budget import record_spend
 from policies.decisions import SignedRequest
 
 
@@ -36,8 +38,9 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
 class CreditNodeClient(NumPyClient):
     """Trains the shared model on one institution's rows; only weights and aggregates leave."""
 
-    def __init__(self, node: NodeData) -> None:
+    def __init__(self, node: NodeData, audit_url: str = "") -> None:
         self.node = node
+        self.audit_url = audit_url
 
     def _data(self, config: Mapping[str, Scalar], holdout: bool = False) -> EncodedData | None:
         """The node's rows restricted to the features the (already permitted) request names."""
@@ -94,11 +97,38 @@ class CreditNodeClient(NumPyClient):
         seed = (
             int(config[P.SEED]) * 100_003 + int(config[P.ROUND]) * 101 + _stable_hash(self.node.institution)
         )
-        loss = train_local(model, train, settings, seed=seed)
+        request = SignedRequest.from_wire(bytes(config[P.TRAINING_REQUEST])).request  # type: ignore[arg-type]
+        metrics: dict[str, Scalar] = {P.INSTITUTION: self.node.institution}
+        if request.epsilon is None:
+            metrics[P.TRAIN_LOSS] = train_local(model, train, settings, seed=seed)
+        else:
+            plan = plan_dp(
+                request.epsilon,
+                request.delta,
+                len(train),
+                settings.batch_size,
+                settings.epochs,
+                request.rounds,
+                float(config.get(P.MAX_GRAD_NORM, DEFAULT_MAX_GRAD_NORM)),
+            )
+            metrics[P.TRAIN_LOSS] = train_local_dp(model, train, settings, plan, seed=seed)
+            server_round = int(config[P.ROUND])
+            spent = epsilon_spent(plan, server_round)
+            metrics[P.EPSILON_SPENT] = spent
+            if self.audit_url:
+                record_spend(
+                    node_engine(self.audit_url),
+                    institution=self.node.institution,
+                    run_id=request.run_id,
+                    planned=request.epsilon,
+                    spent=spent,
+                    delta=request.delta,
+                    rounds_done=server_round,
+                )
         return (
             trainable_weights(model),
             len(train),
-            {P.INSTITUTION: self.node.institution, P.TRAIN_LOSS: loss},
+            metrics,
         )
 
     def evaluate(
@@ -135,7 +165,7 @@ def build_client_app(resolve: NodeConfigResolver = node_config) -> ClientApp:
                 f"node config lacks {missing}; start the node with --node-config 'data-path=... schema=...'"
             )
         node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
-        return CreditNodeClient(node).to_client()
+        return CreditNodeClient(node, node_audit_url(cfg, node.institution)).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[PolicyGuard(resolve)])
 

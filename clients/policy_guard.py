@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from clients.node_data import load_node_data
 from federation import protocol as P
 from policies.audit import create_audit_engine, record
+from policies.budget import spent_elsewhere
 from policies.decisions import Decision, Refusal, SignedRequest, evaluate_training
 from policies.documents import InstitutionPolicy, PolicyError
 from policies.signing import read_public_keys, verify_policy
@@ -38,7 +39,8 @@ def node_audit_url(cfg: Mapping[str, str], institution: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _engine(url: str) -> Engine:
+def node_engine(url: str) -> Engine:
+    """The node's audit database (one engine per process)."""
     return create_audit_engine(url)
 
 
@@ -73,7 +75,7 @@ class PolicyGuard:
     def decide(self, msg: Message, ctxt: Context) -> tuple[Decision | None, Refusal | None]:
         cfg = self.resolve(ctxt)
         institution = cfg.get(P.NODE_NAME) or Path(cfg.get(P.NODE_DATA_PATH, "node")).name
-        engine = _engine(node_audit_url(cfg, institution))
+        engine = node_engine(node_audit_url(cfg, institution))
         actor = f"node:{institution}"
         try:
             policy = _verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
@@ -104,7 +106,9 @@ class PolicyGuard:
             )
             return None, Refusal(institution, ("deny.no_request",), (str(exc),), policy.sha256)
         records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
-        decision = evaluate_training(policy, signed, records)
+        decision = evaluate_training(
+            policy, signed, records, epsilon_spent_elsewhere=spent_elsewhere(engine, signed.request.run_id)
+        )
         record(
             engine,
             actor=actor,

@@ -71,6 +71,7 @@ def _run_federation(
     local_epochs: int,
     purpose: str = "credit_underwriting",
     min_institutions: int = 3,
+    epsilon: float | None = None,
 ) -> dict[str, object]:
     # Flower and Ray load only when a federation actually runs
     from coordinator.report import write_report
@@ -88,6 +89,7 @@ def _run_federation(
         test_path=federation.test_path,
         run_id=run_id,
         purpose=purpose,
+        epsilon=epsilon,
     )
     nodes = with_policies(
         [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
@@ -176,6 +178,12 @@ def simulate(
         Path | None,
         typer.Option(help="uci only: folder with the FATE credit files (default: $FEDCREDIT_DATA_DIR)."),
     ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Record-level differential privacy: epsilon per institution for the whole run (delta 1e-5)."
+        ),
+    ] = None,
 ) -> None:
     """Run a federated training on Flower's simulation engine and write a run report under var/runs/<id>/."""
     run_id = _new_run_id()
@@ -185,7 +193,9 @@ def simulate(
             federation = sme_federation(run_dir, institutions, rows, seed=seed, label_skew_alpha=label_skew)
         else:
             federation = uci_federation(run_dir, institutions, data_dir=data_dir, seed=seed)
-        report = _run_federation(federation, run_dir, run_id, rounds, strategy.value, seed, local_epochs)
+        report = _run_federation(
+            federation, run_dir, run_id, rounds, strategy.value, seed, local_epochs, epsilon=epsilon
+        )
     except (FedCreditError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from exc
     _print_report(report, run_dir)

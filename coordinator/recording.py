@@ -113,8 +113,11 @@ class RecordingStrategy(Strategy):
         for _, res in results:
             name = str(res.metrics.get(P.INSTITUTION, "unknown"))
             self.log.institution(name)["train_rows"] = res.num_examples
+            entry = self.log.round_entry(name, server_round)
             if P.TRAIN_LOSS in res.metrics:
-                self.log.round_entry(name, server_round)["train_loss"] = float(res.metrics[P.TRAIN_LOSS])
+                entry["train_loss"] = float(res.metrics[P.TRAIN_LOSS])
+            if P.EPSILON_SPENT in res.metrics:
+                entry["epsilon_spent"] = float(res.metrics[P.EPSILON_SPENT])
         self._failures(server_round, "fit", failures)
         if len(results) < self.min_results:
             raise RuntimeError(

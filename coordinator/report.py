@@ -50,6 +50,9 @@ def settings_dict(settings: RunSettings) -> dict[str, Any]:
         "embedding_dim": settings.model.embedding_dim,
         "seed": settings.seed,
         "min_institutions": settings.min_institutions,
+        "epsilon": settings.epsilon,
+        "delta": settings.delta,
+        "max_grad_norm": settings.max_grad_norm if settings.epsilon is not None else None,
     }
 
 

@@ -63,6 +63,9 @@ class RunSettings:
     purpose: str = "credit_underwriting"
     coordinator_key: Path = DEMO_COORDINATOR_KEY  # signs the training request every node checks
     audit_url: str = field(default_factory=database_url)
+    epsilon: float | None = None  # record-level DP target per institution for the whole run; None = off
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -73,6 +76,10 @@ class RunSettings:
             raise ValueError(f"min_institutions must be >= 1, got {self.min_institutions}")
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
             raise ValueError(f"fedprox needs proximal_mu > 0, got {self.proximal_mu}")
+        if self.epsilon is not None and not 0 < self.epsilon < float("inf"):
+            raise ValueError(f"epsilon must be finite and > 0 (or None for no DP), got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
 
 @dataclass
@@ -128,6 +135,8 @@ class Coordinator:
                 rounds=settings.rounds,
                 min_institutions=settings.min_institutions,
                 secure_aggregation=False,
+                epsilon=settings.epsilon,
+                delta=settings.delta,
             ),
             self.key,
         )
@@ -240,6 +249,7 @@ class Coordinator:
             P.EPOCHS: train.epochs,
             P.BATCH_SIZE: train.batch_size,
             P.LEARNING_RATE: train.learning_rate,
+            P.MAX_GRAD_NORM: self.settings.max_grad_norm,
         }
         eval_config = self._model_config(stats)
         common: dict[str, Any] = {

@@ -1,8 +1,10 @@
 """The four-dimension credit-risk model.
 
 One tower per non-empty dimension maps that dimension's features to a single
-number; the fusion head adds them and a bias. So every logit splits exactly:
-``logit = bias + sum(contributions)``, one contribution per dimension.
+number; the fusion head adds them (each tower's last layer carries its own
+intercept, so no separate bias is needed, which also keeps the model
+DP-SGD-ready). Every logit splits exactly:
+``logit = baseline + sum(contributions)``, one contribution per dimension.
 """
 
 from __future__ import annotations
@@ -86,7 +88,6 @@ class FourDimensionModel(nn.Module):
             cat = [i for i, d in enumerate(layout.categorical_dimensions) if d is dim]
             cards = [layout.cardinalities[i] for i in cat]
             self.towers[dim.value] = DimensionTower(num, imputed, cat, cards, self.config)
-        self.bias = nn.Parameter(torch.zeros(1))
         # Mean raw tower output over the federation's rows: contributions are reported
         # relative to it, so a positive one means "riskier than the average borrower".
         self.register_buffer("reference", torch.zeros(len(self.dimensions)))
@@ -118,7 +119,7 @@ class FourDimensionModel(nn.Module):
 
     def baseline(self) -> torch.Tensor:
         """The logit of a borrower whose every dimension is at the federation's average."""
-        return self.bias + self.reference.sum()
+        return self.reference.sum()
 
     def set_reference(self, reference: np.ndarray) -> None:
         if reference.shape != (len(self.dimensions),):
@@ -126,7 +127,7 @@ class FourDimensionModel(nn.Module):
         self.reference.copy_(torch.as_tensor(reference, dtype=torch.float32))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        return self.raw_contributions(numeric, categorical).sum(dim=1) + self.bias
+        return self.raw_contributions(numeric, categorical).sum(dim=1)
 
 
 def tensors(data: EncodedData) -> tuple[torch.Tensor, torch.Tensor]:

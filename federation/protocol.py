@@ -23,11 +23,13 @@ HIDDEN: Final = "model-hidden"
 EMBEDDING_DIM: Final = "model-embedding-dim"
 NORM_MEAN: Final = "norm-mean"
 NORM_STD: Final = "norm-std"
+MAX_GRAD_NORM: Final = "dp-max-grad-norm"
 TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, canonical JSON bytes
 
 # metrics keys returned by nodes
 INSTITUTION: Final = "institution"
 TRAIN_LOSS: Final = "train-loss"
+EPSILON_SPENT: Final = "epsilon-spent"  # DP budget spent by the node in this run so far
 
 # node config keys (flower-supernode --node-config)
 NODE_DATA_PATH: Final = "data-path"

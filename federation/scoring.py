@@ -29,9 +29,9 @@ class ScoreBatch:
     probability_of_default: np.ndarray
     points: np.ndarray
     logit: np.ndarray
-    bias: float
+    baseline: float  # the average borrower's logit
     dimensions: tuple[str, ...]
-    contributions: np.ndarray  # (rows, dimensions), logit scale; sum + bias = logit
+    contributions: np.ndarray  # (rows, dimensions), logit scale; sum + baseline = logit
 
     def row(self, i: int) -> dict[str, object]:
         return {
@@ -39,7 +39,7 @@ class ScoreBatch:
             "probability_of_default": float(self.probability_of_default[i]),
             "points": round(float(self.points[i]), 1),
             "logit": float(self.logit[i]),
-            "baseline": self.bias,
+            "baseline": self.baseline,
             "contributions": {
                 d: float(c) for d, c in zip(self.dimensions, self.contributions[i], strict=True)
             },
@@ -52,14 +52,14 @@ def score(model: FourDimensionModel, data: EncodedData) -> ScoreBatch:
     model.eval()
     numeric, categorical = tensors(data)
     parts = model.contributions(numeric, categorical).numpy().astype(np.float64)
-    bias = float(model.baseline().item())
-    logit = parts.sum(axis=1) + bias
+    baseline = float(model.baseline().item())
+    logit = parts.sum(axis=1) + baseline
     return ScoreBatch(
         ids=data.ids,
         probability_of_default=1.0 / (1.0 + np.exp(-logit)),
         points=points_from_logit(logit),
         logit=logit,
-        bias=bias,
+        baseline=baseline,
         dimensions=tuple(d.value for d in model.dimensions),
         contributions=parts,
     )

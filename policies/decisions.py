@@ -130,8 +130,12 @@ def evaluate_training(
     local_records: int,
     today: dt.date | None = None,
     now: dt.datetime | None = None,
+    epsilon_spent_elsewhere: float = 0.0,
 ) -> Decision:
-    """Decide whether this node may train for ``signed``. Pure: no I/O, no clock unless not given."""
+    """Decide whether this node may train for ``signed``. Pure: no I/O, no clock unless not given.
+
+    ``epsilon_spent_elsewhere`` is what earlier runs already spent of the lifetime budget.
+    """
     today = today or dt.date.today()
     req = signed.request
     forbids: list[tuple[str, str]] = []
@@ -191,6 +195,19 @@ def evaluate_training(
             "forbid.too_few_institutions",
             f"run accepts rounds with {req.min_institutions} institution(s), policy requires at least {policy.min_institutions_per_round}",
         )
+    budget = policy.privacy.lifetime_epsilon_budget
+    if budget is not None:
+        planned = math.inf if req.epsilon is None else req.epsilon
+        if epsilon_spent_elsewhere + planned > budget:
+            shown = (
+                "a run without differential privacy"
+                if req.epsilon is None
+                else f"this run's epsilon {req.epsilon}"
+            )
+            forbid(
+                "forbid.lifetime_budget_exhausted",
+                f"{shown} on top of {epsilon_spent_elsewhere:.4g} already spent exceeds the lifetime budget {budget}",
+            )
     limit = policy.privacy.max_epsilon_per_run
     if limit is not None:
         epsilon = math.inf if req.epsilon is None else req.epsilon

@@ -1,1 +1,1 @@
-7Ncauxlob7YqiJsTYQzPk7x3fmpRmACa9P10hbeTdFFRuaDXxMq9tKO5sPSH476MUdEvSKWZd+XyVboCfLsTBA==
+cWvpuO/OwjINCDSqkqW9BZaf8Xq5S5mYxBS/t9fexKvX8Q1YKfwsBmo9nvFFeJwUH8a7ubTXv/kYpegX68EmBg==

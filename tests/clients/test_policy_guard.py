@@ -153,3 +153,35 @@ def test_too_few_institutions_and_missing_request(node: dict[str, str]) -> None:
         "forbid.too_few_institutions",
     )
     assert _refusal(_run(node, None)[0]).rules == ("deny.no_request",)
+
+
+def test_exhausted_budget_refuses_training_and_says_so_in_the_audit_log(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    """A policy with a lifetime budget of 10: earlier runs spent 8, this run asks for 3."""
+    from policies.budget import record_spend
+    from policies.signing import sign_policy
+
+    policy = Path(node[P.NODE_POLICY])
+    policy.write_text(
+        policy.read_text().replace("# lifetime_epsilon_budget = 10.0", "lifetime_epsilon_budget = 10.0")
+    )
+    sign_policy(policy, EXAMPLES / "keys" / "demo_national_bank.key")
+    engine = create_audit_engine(node[P.NODE_AUDIT_DB])
+    record_spend(
+        engine,
+        institution="national_bank",
+        run_id="earlier",
+        planned=8.0,
+        spent=8.0,
+        delta=1e-5,
+        rounds_done=10,
+    )
+    reply, passed = _run(node, request_bytes(epsilon=3.0, run_id="now"))
+    refusal = _refusal(reply)
+    assert passed == [] and refusal.rules == ("forbid.lifetime_budget_exhausted",)
+    log = _audit(node)
+    assert log[0][0] == "privacy.spend"
+    assert log[-1] == ("train.decide", "deny", ["forbid.lifetime_budget_exhausted"])
+    allowed, passed = _run(node, request_bytes(epsilon=2.0, run_id="small"))
+    assert not allowed.has_error() and len(passed) == 1

@@ -56,7 +56,7 @@ def test_contributions_sum_exactly_to_the_logit(data: EncodedData) -> None:
     # relative to the federation's average borrower: contributions average to zero
     np.testing.assert_allclose(parts.mean(0).numpy(), 0.0, atol=1e-4)
     batch = score(model, data)
-    np.testing.assert_allclose(batch.contributions.sum(1) + batch.bias, batch.logit, atol=1e-9)
+    np.testing.assert_allclose(batch.contributions.sum(1) + batch.baseline, batch.logit, atol=1e-9)
     np.testing.assert_allclose(batch.logit, logit.numpy(), atol=1e-5)
 
 

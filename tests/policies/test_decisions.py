@@ -154,3 +154,17 @@ def test_decision_input_digest_never_contains_data(
 ) -> None:
     d = _decide(policy, coordinator)
     assert d.input_sha256 == sign_request(_request(), coordinator).digest
+
+
+def test_lifetime_budget(policy: InstitutionPolicy, coordinator: Ed25519PrivateKey) -> None:
+    budgeted = replace(policy, privacy=replace(policy.privacy, lifetime_epsilon_budget=10.0))
+    signed = sign_request(_request(epsilon=3.0), coordinator)
+    assert evaluate_training(budgeted, signed, 5000, today=TODAY, epsilon_spent_elsewhere=6.0).allowed
+    d = evaluate_training(budgeted, signed, 5000, today=TODAY, epsilon_spent_elsewhere=8.0)
+    assert d.rules == ("forbid.lifetime_budget_exhausted",)
+    assert "this run's epsilon 3.0 on top of 8 already spent exceeds the lifetime budget 10.0" in d.reasons[0]
+    no_dp = evaluate_training(budgeted, sign_request(_request(), coordinator), 5000, today=TODAY)
+    assert (
+        no_dp.rules == ("forbid.lifetime_budget_exhausted",)
+        and "without differential privacy" in no_dp.reasons[0]
+    )

@@ -65,11 +65,11 @@ def test_wrong_type() -> None:
     ("old", "new", "message"),
     [
         (
-            "lifetime_epsilon_budget = 10.0",
+            "# lifetime_epsilon_budget = 10.0",
             "lifetime_epsilon_budget = 0.0",
             "privacy.lifetime_epsilon_budget: epsilon must be > 0, got 0.0",
         ),
-        ("lifetime_epsilon_budget = 10.0", "lifetime_epsilon_budget = -3", "epsilon must be > 0, got -3"),
+        ("# lifetime_epsilon_budget = 10.0", "lifetime_epsilon_budget = -3", "epsilon must be > 0, got -3"),
         (
             "expires = 2027-12-31",
             "expires = 2025-12-31",
