@@ -173,3 +173,24 @@ def test_a_whole_run_repeats_exactly_under_the_same_seed(run: tuple[Path, str], 
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def test_differentially_private_run_spends_and_records_its_budget(tmp_path: Path) -> None:
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        args = ["simulate", "--institutions", "3", "--rounds", "2", "--rows", "9000", "--epsilon", "8"]
+        result = runner.invoke(app, args)
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = list((tmp_path / "var" / "runs").iterdir())
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["settings"]["epsilon"] == 8.0
+    for inst in report["institutions"].values():
+        spent = [r["epsilon_spent"] for r in inst["rounds"]]
+        assert spent[0] < spent[1] <= 8.0 and spent[1] == pytest.approx(8.0, abs=0.1)
+    node_db = f"sqlite:///{run_dir / 'audit' / 'node-national_bank.db'}"
+    export = runner.invoke(app, ["audit", "export", "--jsonl", "-", "--db", node_db])
+    assert export.output.count('"action":"privacy.spend"') == 2
+    assert "round-2/epsilon-spent=" in export.output
