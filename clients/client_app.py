@@ -6,11 +6,12 @@ secure-aggregation mod (SecAgg+) works only with that API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from flwr.client import Client, ClientApp, NumPyClient
+from flwr.clientapp.typing import Mod
 from flwr.common import Context, NDArrays, Scalar
 
 from clients.node_data import NodeData, load_node_data
@@ -153,8 +154,11 @@ def node_config(context: Context) -> Mapping[str, str]:
     return {k: str(v) for k, v in context.node_config.items()}
 
 
-def build_client_app(resolve: NodeConfigResolver = node_config) -> ClientApp:
-    """The node's ClientApp. ``resolve`` gives the node's ``data-path`` and ``schema``."""
+def build_client_app(resolve: NodeConfigResolver = node_config, outer_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The node's ClientApp. ``resolve`` gives the node's ``data-path`` and ``schema``.
+
+    ``outer_mods`` run outside the policy check, e.g. to capture every reply the node sends.
+    """
 
     def client_fn(context: Context) -> Client:
         torch.set_num_threads(1)
@@ -167,7 +171,7 @@ def build_client_app(resolve: NodeConfigResolver = node_config) -> ClientApp:
         node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
         return CreditNodeClient(node, node_audit_url(cfg, node.institution)).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[PolicyGuard(resolve)])
+    return ClientApp(client_fn=client_fn, mods=[*outer_mods, PolicyGuard(resolve)])
 
 
 app = build_client_app()

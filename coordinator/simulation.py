@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
 from clients.client_app import build_client_app
@@ -150,6 +151,7 @@ def run_simulated_federation(
     on_round: RoundCallback | None = None,
     parallel_nodes: int = 2,
     quiet: bool = True,
+    outer_mods: Sequence[Mod] = (),
 ) -> RunOutcome:
     """Train across ``nodes`` on Flower's simulation engine; returns what the coordinator saw."""
     if len(nodes) < settings.min_institutions:
@@ -161,7 +163,7 @@ def run_simulated_federation(
         logging.getLogger("flwr").setLevel(logging.ERROR)
     outcome = RunOutcome()
     server_app = build_server_app(settings, outcome, on_round)
-    client_app = build_client_app(SimulatedNodeConfigs(nodes))
+    client_app = build_client_app(SimulatedNodeConfigs(nodes), outer_mods)
     cpus = max(1, min(parallel_nodes, os.cpu_count() or 1))
     run_simulation(
         server_app=server_app,

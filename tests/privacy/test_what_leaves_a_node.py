@@ -1,0 +1,96 @@
+"""Capture every message a node sends during a real Flower run; none of its rows, ids or values are in it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from flwr.app import Context, Message
+
+from coordinator.server_app import RunSettings
+from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
+from federation.partition import TRAIN_FILE, write_partition
+from federation.synthetic import generate_sme
+
+
+class CaptureReplies:
+    """Outermost client mod: writes every reply the node sends to ``folder`` (picklable for Ray)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(
+        self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        reply = call_next(msg, ctxt)
+        captured: dict[str, object] = {
+            "node": ctxt.node_config.get("partition-id"),
+            "type": msg.metadata.message_type,
+        }
+        if reply.has_content():
+            content = reply.content
+            captured["arrays"] = [
+                a for rec in content.array_records.values() for a in rec.to_numpy_ndarrays()
+            ]
+            captured["values"] = [
+                v
+                for rec in [*content.config_records.values(), *content.metric_records.values()]
+                for v in rec.values()
+            ]
+        else:
+            captured["error"] = reply.error.reason
+        (self.folder / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(captured))
+        return reply
+
+
+def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
+    frame = generate_sme(6000, seed=5)
+    names = ["national_bank", "online_bank", "rural_cooperative"]
+    assignment = np.arange(len(frame)) % 3
+    folders = write_partition(frame, assignment, names, tmp_path / "institutions", holdout_fraction=0.2)
+    nodes = with_policies(
+        [SimulatedNode(n, f, "sme") for n, f in folders.items()], tmp_path, use_examples=False
+    )
+    capture = tmp_path / "captured"
+    capture.mkdir()
+    settings = RunSettings(
+        schema="sme",
+        rounds=2,
+        min_institutions=3,
+        run_id="capture",
+        audit_url=f"sqlite:///{tmp_path / 'coordinator.db'}",
+    )
+    run_simulated_federation(nodes, settings, outer_mods=[CaptureReplies(capture)])
+
+    messages = [pickle.loads(p.read_bytes()) for p in capture.glob("*.pkl")]
+    assert len(messages) >= 3 * 4  # stats, 2 training rounds, reference (+ evaluations) per node
+    sent_numbers = np.concatenate(
+        [np.asarray(a, dtype=np.float64).ravel() for m in messages for a in m.get("arrays", [])]
+        + [np.array([float(v) for m in messages for v in m.get("values", []) if isinstance(v, int | float)])]
+    )
+    sent_text = json.dumps(
+        [str(v) for m in messages for v in m.get("values", []) if isinstance(v, str | bytes)]
+    )
+
+    train = pd.concat([pd.read_csv(f / TRAIN_FILE) for f in folders.values()])
+    # no id, no raw category string beyond the schema's own vocabulary
+    assert not any(business_id in sent_text for business_id in train["business_id"])
+    # no raw or transformed feature value: money amounts (and their log) even at float32 precision,
+    # where a weight could not coincide with one by chance; every distinctive value exactly
+    money = np.concatenate(
+        [train[c].to_numpy(dtype=np.float64) for c in ("monthly_revenue", "requested_amount")]
+    )
+    money = np.unique(np.concatenate([money, np.log1p(money)]))
+    assert np.intersect1d(money.astype(np.float32), np.unique(sent_numbers.astype(np.float32))).size == 0
+    rates = np.concatenate(
+        [train[c].to_numpy(dtype=np.float64) for c in ("cashflow_volatility", "tax_compliance_rate")]
+    )
+    rates = rates[(rates != 0) & (rates != 1) & (rates != 0.5)]
+    assert np.intersect1d(np.unique(np.concatenate([money, rates])), np.unique(sent_numbers)).size == 0
+    # and far fewer numbers leave than the node holds
+    assert sent_numbers.size < train.size
