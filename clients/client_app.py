@@ -6,13 +6,16 @@ secure-aggregation mod (SecAgg+) works only with that API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from flwr.app import Message
 from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 from flwr.common import Context, NDArrays, Scalar
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 
 from clients.node_data import NodeData, load_node_data
 from clients.policy_guard import NodeConfigResolver, PolicyGuard, node_audit_url, node_engine
@@ -171,7 +174,17 @@ def build_client_app(resolve: NodeConfigResolver = node_config, outer_mods: Sequ
         node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
         return CreditNodeClient(node, node_audit_url(cfg, node.institution)).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[*outer_mods, PolicyGuard(resolve)])
+    # the policy check runs before SecAgg+: a refusal looks like a dropout to the protocol
+    return ClientApp(client_fn=client_fn, mods=[*outer_mods, PolicyGuard(resolve), secure_aggregation_mod])
+
+
+def secure_aggregation_mod(
+    msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Flower's SecAgg+ mod for the rounds the coordinator runs under SecAgg+, a pass-through otherwise."""
+    if SECAGG_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
 
 
 app = build_client_app()

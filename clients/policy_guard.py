@@ -60,6 +60,11 @@ def _verified_policy(policy_path: str, trust_path: str) -> InstitutionPolicy:
     return verified.policy
 
 
+def _carries_instructions(msg: Message) -> bool:
+    prefix = "fitins" if msg.metadata.message_type == MessageType.TRAIN else "evaluateins"
+    return f"{prefix}.config" in msg.content.config_records
+
+
 def _config(msg: Message) -> Mapping[str, object]:
     if msg.metadata.message_type == MessageType.TRAIN:
         return compat.recorddict_to_fitins(msg.content, keep_input=True).config
@@ -129,6 +134,10 @@ class PolicyGuard:
         self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         if msg.metadata.message_type not in (MessageType.TRAIN, MessageType.EVALUATE):
+            return call_next(msg, ctxt)
+        if not _carries_instructions(msg):
+            # a secure-aggregation key-exchange stage: no data is touched; the stage that
+            # trains (and would send the masked update) carries the instructions and is checked
             return call_next(msg, ctxt)
         _, refusal = self.decide(msg, ctxt)
         if refusal is not None:

@@ -72,6 +72,7 @@ def _run_federation(
     purpose: str = "credit_underwriting",
     min_institutions: int = 3,
     epsilon: float | None = None,
+    secure_aggregation: bool = True,
 ) -> dict[str, object]:
     # Flower and Ray load only when a federation actually runs
     from coordinator.report import write_report
@@ -90,6 +91,7 @@ def _run_federation(
         run_id=run_id,
         purpose=purpose,
         epsilon=epsilon,
+        secure_aggregation=secure_aggregation,
     )
     nodes = with_policies(
         [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
@@ -184,6 +186,9 @@ def simulate(
             help="Record-level differential privacy: epsilon per institution for the whole run (delta 1e-5)."
         ),
     ] = None,
+    secure_aggregation: Annotated[
+        bool, typer.Option(help="SecAgg+: the coordinator sees only the sum of the institutions' updates.")
+    ] = True,
 ) -> None:
     """Run a federated training on Flower's simulation engine and write a run report under var/runs/<id>/."""
     run_id = _new_run_id()
@@ -194,7 +199,15 @@ def simulate(
         else:
             federation = uci_federation(run_dir, institutions, data_dir=data_dir, seed=seed)
         report = _run_federation(
-            federation, run_dir, run_id, rounds, strategy.value, seed, local_epochs, epsilon=epsilon
+            federation,
+            run_dir,
+            run_id,
+            rounds,
+            strategy.value,
+            seed,
+            local_epochs,
+            epsilon=epsilon,
+            secure_aggregation=secure_aggregation,
         )
     except (FedCreditError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from exc

@@ -20,7 +20,7 @@ import torch
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg, FedProx, Strategy
-from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 from sqlmodel import Session
@@ -38,6 +38,13 @@ from policies.decisions import Refusal, TrainingRequest, sign_request
 from policies.signing import load_private_key
 
 STRATEGIES = ("fedavg", "fedprox")
+# SecAgg+ quantization: updates are scaled by rows / MAX_ROWS_PER_NODE, clipped to
+# +-clipping range and quantized to QUANTIZATION_RANGE levels (benchmarks/privacy.py measures the error).
+MAX_ROWS_PER_NODE = 100_000.0  # a node with more rows must raise it (the precision falls with it)
+WEIGHT_CLIPPING_RANGE = 16.0
+STATS_CLIPPING_RANGE = 1_000.0
+QUANTIZATION_RANGE = 2**30  # Flower rounds into int32: at most 2**31
+MODULUS_RANGE = 2**42
 DEMO_COORDINATOR_KEY = (
     Path(__file__).resolve().parents[1] / "policies" / "examples" / "keys" / "demo_coordinator.key"
 )
@@ -66,6 +73,7 @@ class RunSettings:
     epsilon: float | None = None  # record-level DP target per institution for the whole run; None = off
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    secure_aggregation: bool = True  # SecAgg+: the coordinator sees only the sum of the updates
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -134,13 +142,29 @@ class Coordinator:
                 strategy=settings.strategy,
                 rounds=settings.rounds,
                 min_institutions=settings.min_institutions,
-                secure_aggregation=False,
+                secure_aggregation=settings.secure_aggregation,
                 epsilon=settings.epsilon,
                 delta=settings.delta,
             ),
             self.key,
         )
         self.audit = create_audit_engine(settings.audit_url)
+
+    def _workflow(self, clipping_range: float) -> DefaultWorkflow:
+        """Flower's legacy workflow, with SecAgg+ as its fit step when the run asks for it."""
+        if not self.settings.secure_aggregation:
+            return DefaultWorkflow()
+        n = self.settings.min_institutions
+        return DefaultWorkflow(
+            fit_workflow=SecAggPlusWorkflow(
+                num_shares=max(n, 2),
+                reconstruction_threshold=max(2, n // 2 + 1),
+                max_weight=MAX_ROWS_PER_NODE,
+                clipping_range=clipping_range,
+                quantization_range=QUANTIZATION_RANGE,
+                modulus_range=MODULUS_RANGE,
+            )
+        )
 
     def _base_config(self) -> dict[str, Scalar]:
         return {
@@ -222,7 +246,9 @@ class Coordinator:
             initial_parameters=ndarrays_to_parameters(initial),
         )
         ordered = self._recording(strategy, RoundLog(), str(config[P.PHASE]))
-        DefaultWorkflow()(grid, LegacyContext(context, ServerConfig(num_rounds=1), ordered))
+        self._workflow(
+            clipping_range=STATS_CLIPPING_RANGE if config[P.PHASE] == P.PHASE_STATS else WEIGHT_CLIPPING_RANGE
+        )(grid, LegacyContext(context, ServerConfig(num_rounds=1), ordered))
         result = _global_weights(context)[0]
         if result.shape != shape:
             raise RuntimeError(f"nodes returned an array of shape {result.shape}, expected {shape}")
@@ -304,7 +330,7 @@ class Coordinator:
         stats = self.normalization_phase(grid, context)
         self.outcome.normalization = stats
         strategy = self._recording(self.training_strategy(stats), self.outcome.log, P.PHASE_TRAIN)
-        DefaultWorkflow()(
+        self._workflow(WEIGHT_CLIPPING_RANGE)(
             grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy)
         )
         model = self.new_model(stats)

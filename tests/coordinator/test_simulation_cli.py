@@ -27,11 +27,11 @@ SIMULATE = [
 ]
 
 
-def _simulate_in(workdir: Path) -> tuple[Path, str]:
+def _simulate_in(workdir: Path, args: list[str] | None = None) -> tuple[Path, str]:
     old = Path.cwd()
     os.chdir(workdir)
     try:
-        result = runner.invoke(app, SIMULATE)
+        result = runner.invoke(app, ["simulate", *args] if args else SIMULATE)
     finally:
         os.chdir(old)
     assert result.exit_code == 0, result.output
@@ -102,9 +102,10 @@ def test_normalization_was_computed_federatedly_and_exactly(run: tuple[Path, str
     )
     direct = np.nanmean(np.concatenate([p.numeric for p in parts]).astype(np.float64), axis=0)
     state = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
-    np.testing.assert_allclose(state["mean"].numpy(), pooled.mean, rtol=1e-6)
-    np.testing.assert_allclose(state["mean"].numpy(), direct, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(state["std"].numpy(), pooled.std, rtol=1e-6)
+    # under SecAgg+ the sum is exact up to its quantization (see STATS_CLIPPING_RANGE)
+    np.testing.assert_allclose(state["mean"].numpy(), pooled.mean, rtol=1e-4, atol=5e-3)
+    np.testing.assert_allclose(state["mean"].numpy(), direct, rtol=1e-4, atol=5e-3)
+    np.testing.assert_allclose(state["std"].numpy(), pooled.std, rtol=1e-4, atol=5e-3)
 
 
 def test_score_the_grocery_couple_with_the_run_model(run: tuple[Path, str]) -> None:
@@ -166,10 +167,15 @@ def test_generate_then_partition(tmp_path: Path) -> None:
     assert not (tmp_path / "out2").exists()
 
 
-def test_a_whole_run_repeats_exactly_under_the_same_seed(run: tuple[Path, str], tmp_path: Path) -> None:
-    again, _ = _simulate_in(tmp_path)
-    first = torch.load(run[0] / "model.pt", weights_only=True)["state_dict"]
-    second = torch.load(again / "model.pt", weights_only=True)["state_dict"]
+def test_a_whole_run_repeats_exactly_under_the_same_seed(tmp_path: Path) -> None:
+    """Bit for bit without secure aggregation (Flower's SecAgg+ rounds stochastically,
+    so under it a rerun agrees only to within the quantization step)."""
+    plain = ["--institutions", "3", "--rows", "6000", "--rounds", "2", "--no-secure-aggregation"]
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        runs.append(_simulate_in(tmp_path / name, plain)[0])
+    first, second = (torch.load(r / "model.pt", weights_only=True)["state_dict"] for r in runs)
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
