@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +75,19 @@ def run(epsilon: float | None, args: argparse.Namespace, data_dir: Path | None) 
         WORK / f"eps-{label}",
         use_examples=False,
     )
-    if epsilon is None:
-        settings = RunSettings(
-            schema="uci_homo",
-            rounds=args.plain_rounds,
-            seed=args.seed,
-            min_institutions=3,
-            test_path=federation.test_path,
-            evaluate_on_nodes=False,
-            run_id=f"privacy-{label}",
-        )
-    else:
-        settings = RunSettings(
-            schema="uci_homo",
+    settings = RunSettings(
+        schema="uci_homo",
+        rounds=args.plain_rounds,
+        seed=args.seed,
+        min_institutions=3,
+        test_path=federation.test_path,
+        evaluate_on_nodes=False,
+        run_id=f"privacy-{label}",
+    )
+    if epsilon is not None:
+        settings = replace(
+            settings,
             rounds=args.dp_rounds,
-            seed=args.seed,
-            min_institutions=3,
-            test_path=federation.test_path,
-            evaluate_on_nodes=False,
-            run_id=f"privacy-{label}",
             epsilon=epsilon,
             delta=1e-5,
             max_grad_norm=args.max_grad_norm,
