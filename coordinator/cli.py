@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clients.cli import node_app
 from federation.errors import FedCreditError
 from federation.loading import encode_frame, load_dataset, read_table
 from federation.model import ModelConfig, load_model
@@ -36,6 +37,7 @@ schema_app = typer.Typer(help="Inspect dataset schemas.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(schema_app, name="schema")
 register_policy_commands(app)
+app.add_typer(node_app, name="node")
 
 console = Console()
 RUNS_DIR = Path("var/runs")

@@ -185,3 +185,34 @@ def test_exhausted_budget_refuses_training_and_says_so_in_the_audit_log(
     assert log[-1] == ("train.decide", "deny", ["forbid.lifetime_budget_exhausted"])
     allowed, passed = _run(node, request_bytes(epsilon=2.0, run_id="small"))
     assert not allowed.has_error() and len(passed) == 1
+
+
+def test_node_check_refuses_to_start_without_a_valid_policy(node: dict[str, str]) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    args = [
+        "node",
+        "check",
+        "--data-path",
+        node[P.NODE_DATA_PATH],
+        "--policy",
+        node[P.NODE_POLICY],
+        "--trust",
+        node[P.NODE_TRUSTED_POLICY_KEYS],
+        "--audit-db",
+        node[P.NODE_AUDIT_DB],
+    ]
+    ok = CliRunner().invoke(app, args)
+    assert ok.exit_code == 0 and "ready: national_bank under policy.national_bank v1" in " ".join(
+        ok.output.split()
+    )
+    Path(node[P.NODE_POLICY]).write_text(Path(node[P.NODE_POLICY]).read_text() + "\n# edited\n")
+    bad = CliRunner().invoke(app, args)
+    assert (
+        bad.exit_code == 2
+        and "refused to start" in bad.output
+        and "modified after signing" in " ".join(bad.output.split())
+    )
+    assert [a[:2] for a in _audit(node)] == [("node.check", "permit"), ("node.check", "deny")]
