@@ -27,7 +27,7 @@ from federation.normalization import NormStats, local_moments
 from federation.privacy import DEFAULT_MAX_GRAD_NORM, epsilon_spent, plan_dp, train_local_dp
 from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
 from policies.budget import record_spend
-from policies.decisions import SignedRequest
+from policies.decisions import SignedRequest, TrainingRequest
 
 
 class SchemaMismatchError(RuntimeError):
@@ -46,12 +46,16 @@ class CreditNodeClient(NumPyClient):
         self.node = node
         self.audit_url = audit_url
 
-    def _data(self, config: Mapping[str, Scalar], holdout: bool = False) -> EncodedData | None:
-        """The node's rows restricted to the features the (already permitted) request names."""
+    @staticmethod
+    def _request(config: Mapping[str, Scalar]) -> TrainingRequest:
         raw = config.get(P.TRAINING_REQUEST)
         if not isinstance(raw, bytes):
             raise ValueError("the message carries no signed training request")
-        features = [name for name, _ in SignedRequest.from_wire(raw).request.features]
+        return SignedRequest.from_wire(raw).request
+
+    def _data(self, request: TrainingRequest, holdout: bool = False) -> EncodedData | None:
+        """The node's rows restricted to the features the (already permitted) request names."""
+        features = [name for name, _ in request.features]
         data = self.node.holdout if holdout else self.node.train
         return None if data is None else data.select(features)
 
@@ -81,7 +85,8 @@ class CreditNodeClient(NumPyClient):
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         self._check_schema(config)
-        train = self._data(config)
+        request = self._request(config)
+        train = self._data(request)
         assert train is not None
         if config[P.PHASE] == P.PHASE_STATS:
             return (
@@ -101,7 +106,6 @@ class CreditNodeClient(NumPyClient):
         seed = (
             int(config[P.SEED]) * 100_003 + int(config[P.ROUND]) * 101 + _stable_hash(self.node.institution)
         )
-        request = SignedRequest.from_wire(bytes(config[P.TRAINING_REQUEST])).request  # type: ignore[arg-type]
         metrics: dict[str, Scalar] = {P.INSTITUTION: self.node.institution}
         if request.epsilon is None:
             metrics[P.TRAIN_LOSS] = train_local(model, train, settings, seed=seed)
@@ -139,7 +143,7 @@ class CreditNodeClient(NumPyClient):
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         self._check_schema(config)
-        data = self._data(config, holdout=True)
+        data = self._data(self._request(config), holdout=True)
         if data is None or data.label is None or len(data) == 0:
             return 0.0, 0, {P.INSTITUTION: self.node.institution}
         p = predict_proba(self._model(parameters, config, data.layout), data)

@@ -95,7 +95,6 @@ class RunOutcome:
     """Filled in by the ServerApp as the run proceeds."""
 
     log: RoundLog = field(default_factory=RoundLog)
-    normalization: NormStats | None = None
     model: FourDimensionModel | None = None
     test_scores: np.ndarray | None = None  # final model on the test set
     test_labels: np.ndarray | None = None
@@ -328,7 +327,6 @@ class Coordinator:
 
     def _run(self, grid: Grid, context: Context) -> None:
         stats = self.normalization_phase(grid, context)
-        self.outcome.normalization = stats
         strategy = self._recording(self.training_strategy(stats), self.outcome.log, P.PHASE_TRAIN)
         self._workflow(WEIGHT_CLIPPING_RANGE)(
             grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy)

@@ -103,18 +103,19 @@ def train_local_dp(
     loss_fn = nn.BCEWithLogitsLoss()
     wrapped.train()
     total, seen = 0.0, 0
-    # Opacus' hooks fire on module outputs only: the inputs are data, never differentiated
-    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-    for _ in range(plan.steps_per_round):
-        batch = torch.nonzero(torch.rand(len(label), generator=generator) < plan.sample_rate).squeeze(1)
-        if len(batch) == 0:
-            continue
-        optimizer.zero_grad()
-        loss = loss_fn(wrapped(numeric[batch], categorical[batch]), label[batch])
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(batch)
-        seen += len(batch)
+    with warnings.catch_warnings():
+        # Opacus' hooks fire on module outputs only: the inputs are data, never differentiated
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        for _ in range(plan.steps_per_round):
+            batch = torch.nonzero(torch.rand(len(label), generator=generator) < plan.sample_rate).squeeze(1)
+            if len(batch) == 0:
+                continue
+            optimizer.zero_grad()
+            loss = loss_fn(wrapped(numeric[batch], categorical[batch]), label[batch])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
     wrapped._close()
     model.eval()
     return total / max(seen, 1)

@@ -8,6 +8,7 @@ same transaction as the audit entry that records the spend.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
@@ -27,6 +28,7 @@ class PrivacySpend(SQLModel, table=True):
     updated: str
 
 
+@lru_cache(maxsize=16)
 def ensure_ledger(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine, tables=[PrivacySpend.__table__])  # type: ignore[attr-defined]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.client_app import CreditNodeClient, SchemaMismatchError, build_client_app
+from clients.client_app import CreditNodeClient, SchemaMismatchError
 from clients.node_data import load_node_data
 from federation import protocol as P
 from federation.errors import DataValidationError
@@ -71,7 +71,7 @@ def test_columns_outside_the_request_never_reach_the_model(node_dir: Path) -> No
     full = FeatureLayout.from_schema(resolve_schema("sme"))
     narrow = tuple(f for f in full.features() if f[0] not in ("industry", "region"))
     client = CreditNodeClient(node)
-    data = client._data(config(request=request_bytes(narrow)))  # type: ignore[arg-type]
+    data = client._data(client._request(config(request=request_bytes(narrow))))  # type: ignore[arg-type]
     assert data is not None
     assert data.layout.width == full.width - 2
     assert (
@@ -90,7 +90,7 @@ def test_protected_column_cannot_be_requested(node_dir: Path) -> None:
     client = CreditNodeClient(load_node_data(node_dir, "sme"))
     features = (*FeatureLayout.from_schema(resolve_schema("sme")).features(), ("owner_gender", "behaviour"))
     with pytest.raises(ValueError, match=r"\['owner_gender'\] are not model inputs here"):
-        client._data(config(request=request_bytes(features)))  # type: ignore[arg-type]
+        client._data(client._request(config(request=request_bytes(features))))  # type: ignore[arg-type]
 
 
 def test_node_refuses_another_schema(node_dir: Path) -> None:
@@ -109,7 +109,3 @@ def test_node_data_is_read_once_per_process(node_dir: Path) -> None:
 def test_empty_data_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match=r"no train\.csv in the node's data path"):
         load_node_data(tmp_path, "sme")
-
-
-def test_client_app_builds() -> None:
-    assert build_client_app() is not None
