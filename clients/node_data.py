@@ -11,6 +11,9 @@ from federation.loading import EncodedData, load_dataset
 from federation.partition import HOLDOUT_FILE, TRAIN_FILE
 from federation.schema import Schema, resolve_schema
 
+# A simulation runs many virtual nodes in one process: per-node caches hold all of them.
+CACHED_NODES = 64
+
 
 @dataclass(frozen=True)
 class NodeData:
@@ -34,7 +37,7 @@ def load_node_data(data_path: str | Path, schema: str, institution: str = "") ->
     return _load(str(folder.resolve()), schema, institution or folder.name, stamp)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=CACHED_NODES)
 def _load(folder: str, schema_ref: str, institution: str, _stamp: tuple[int, int]) -> NodeData:
     schema = resolve_schema(schema_ref)
     path = Path(folder)

@@ -22,13 +22,13 @@ from flwr.app import Context, Error, Message
 from flwr.app.message_type import MessageType
 from sqlalchemy.engine import Engine
 
-from clients.node_data import load_node_data
+from clients.node_data import CACHED_NODES, load_node_data
 from federation import protocol as P
 from policies.audit import create_audit_engine, record
 from policies.budget import spent_elsewhere
 from policies.decisions import Decision, Refusal, SignedRequest, evaluate_training
 from policies.documents import InstitutionPolicy, PolicyError
-from policies.signing import read_public_keys, verify_policy
+from policies.signing import manifest_paths, read_public_keys, verify_policy
 
 POLICY_DENIED = 4030  # Error code of a refusal by the node's policy
 NodeConfigResolver = Callable[[Context], Mapping[str, str]]
@@ -38,14 +38,30 @@ def node_audit_url(cfg: Mapping[str, str], institution: str) -> str:
     return cfg.get(P.NODE_AUDIT_DB) or f"sqlite:///var/audit/node-{institution}.db"
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=CACHED_NODES)
 def node_engine(url: str) -> Engine:
     """The node's audit database (one engine per process)."""
     return create_audit_engine(url)
 
 
-@lru_cache(maxsize=8)
-def _verified_policy(policy_path: str, trust_path: str) -> InstitutionPolicy:
+def _file_stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def verified_policy(policy_path: str, trust_path: str) -> InstitutionPolicy:
+    """The node's policy, verified again whenever the policy, its manifest, signature or trust file change."""
+    files = (Path(policy_path), *manifest_paths(Path(policy_path)), Path(trust_path)) if policy_path else ()
+    return _verified_policy(policy_path, trust_path, tuple(_file_stamp(f) for f in files))
+
+
+@lru_cache(maxsize=CACHED_NODES)
+def _verified_policy(
+    policy_path: str, trust_path: str, _stamps: tuple[tuple[int, int], ...]
+) -> InstitutionPolicy:
     if not policy_path:
         raise PolicyError(
             "the node has no policy configured (node config 'policy'); without a policy nothing is permitted"
@@ -83,7 +99,7 @@ class PolicyGuard:
         engine = node_engine(node_audit_url(cfg, institution))
         actor = f"node:{institution}"
         try:
-            policy = _verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
+            policy = verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
         except PolicyError as exc:
             record(
                 engine,

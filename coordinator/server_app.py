@@ -25,6 +25,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 from sqlmodel import Session
 
+from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import RecordingStrategy, RoundLog
 from federation import protocol as P
 from federation.loading import EncodedData, FeatureLayout, load_dataset
@@ -349,6 +350,6 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        coordinator(grid, context)
+        coordinator(PromptGrid(grid), context)
 
     return app

@@ -121,6 +121,14 @@ def test_tampered_policy_denies(node: dict[str, str]) -> None:
     assert "modified after signing" in refusal.reasons[0]
 
 
+def test_policy_tampered_while_the_node_runs_denies_the_next_message(node: dict[str, str]) -> None:
+    assert not _run(node, request_bytes(min_institutions=3))[0].has_error()
+    path = Path(node[P.NODE_POLICY])
+    path.write_text(path.read_text().replace('"risk_monitoring"', '"collections"'))
+    reply, passed = _run(node, request_bytes(min_institutions=3))
+    assert passed == [] and "modified after signing" in _refusal(reply).reasons[0]
+
+
 def test_policy_signed_by_untrusted_key_denies(node: dict[str, str]) -> None:
     node[P.NODE_TRUSTED_POLICY_KEYS] = str(EXAMPLES / "keys" / "demo_online_bank.pub")
     refusal = _refusal(_run(node, request_bytes())[0])
