@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from flwr.app import Message
 from flwr.client import Client, ClientApp, NumPyClient
-from flwr.client.mod import secaggplus_mod
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp.typing import Mod
 from flwr.common import Context, NDArrays, Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
@@ -133,11 +133,9 @@ class CreditNodeClient(NumPyClient):
                     delta=request.delta,
                     rounds_done=server_round,
                 )
-        return (
-            trainable_weights(model),
-            len(train),
-            metrics,
-        )
+        # under client-level DP every institution weighs the same: the noise is calibrated to that
+        weight = 1 if P.CLIENT_DP_CLIPPING_NORM in config else len(train)
+        return trainable_weights(model), weight, metrics
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -179,7 +177,10 @@ def build_client_app(resolve: NodeConfigResolver = node_config, outer_mods: Sequ
         return CreditNodeClient(node, node_audit_url(cfg, node.institution)).to_client()
 
     # the policy check runs before SecAgg+: a refusal looks like a dropout to the protocol
-    return ClientApp(client_fn=client_fn, mods=[*outer_mods, PolicyGuard(resolve), secure_aggregation_mod])
+    return ClientApp(
+        client_fn=client_fn,
+        mods=[*outer_mods, PolicyGuard(resolve), secure_aggregation_mod, client_dp_clipping_mod],
+    )
 
 
 def secure_aggregation_mod(
@@ -188,6 +189,16 @@ def secure_aggregation_mod(
     """Flower's SecAgg+ mod for the rounds the coordinator runs under SecAgg+, a pass-through otherwise."""
     if SECAGG_CONFIGS in msg.content.config_records:
         return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def client_dp_clipping_mod(
+    msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Flower's update clipping for runs under client-level DP (the last mod to touch the weights)."""
+    config = msg.content.config_records.get("fitins.config")
+    if config is not None and P.CLIENT_DP_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)
 
 

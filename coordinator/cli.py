@@ -16,6 +16,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from clients.cli import node_app
+from coordinator.federation_policy import (
+    DEMO_FEDERATION_POLICY,
+    DEMO_FEDERATION_TRUST,
+    load_federation_policy,
+)
 from federation.errors import FedCreditError
 from federation.loading import encode_frame, load_dataset, read_table
 from federation.model import ModelConfig, load_model
@@ -26,6 +31,7 @@ from federation.scoring import score
 from federation.synthetic import generate_sme
 from federation.training import TrainConfig
 from policies.cli import register as register_policy_commands
+from policies.documents import FederationPolicy, PolicyError
 
 app = typer.Typer(
     help="FedCredit: train a four-dimension credit-risk model across institutions without pooling data.",
@@ -75,8 +81,10 @@ def _run_federation(
     min_institutions: int = 3,
     epsilon: float | None = None,
     secure_aggregation: bool = True,
+    federation_policy: FederationPolicy | None = None,
 ) -> dict[str, object]:
     # Flower and Ray load only when a federation actually runs
+    from coordinator.federation_policy import apply_federation_policy
     from coordinator.report import write_report
     from coordinator.server_app import RunSettings
     from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
@@ -95,6 +103,18 @@ def _run_federation(
         epsilon=epsilon,
         secure_aggregation=secure_aggregation,
     )
+    if federation_policy is not None:
+        settings = apply_federation_policy(settings, federation_policy)
+        console.print(
+            f"federation policy {federation_policy.header.id} v{federation_policy.header.version}: "
+            f"{settings.strategy}, at least {settings.min_institutions} institutions, "
+            f"secure aggregation {'on' if settings.secure_aggregation else 'off'}"
+            + (
+                f", client-level DP (noise x{settings.client_dp.noise_multiplier:g})"
+                if settings.client_dp
+                else ""
+            )
+        )
     nodes = with_policies(
         [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
         run_dir,
@@ -191,11 +211,27 @@ def simulate(
     secure_aggregation: Annotated[
         bool, typer.Option(help="SecAgg+: the coordinator sees only the sum of the institutions' updates.")
     ] = True,
+    federation_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Signed federation policy that sets strategy, minimum institutions, secure aggregation and DP."
+        ),
+    ] = None,
+    trust: Annotated[
+        Path | None, typer.Option(help="Public key file or folder trusted to sign the federation policy.")
+    ] = None,
 ) -> None:
     """Run a federated training on Flower's simulation engine and write a run report under var/runs/<id>/."""
     run_id = _new_run_id()
     run_dir = RUNS_DIR / run_id
     try:
+        policy = None
+        if federation_policy is not None:
+            if trust is None:
+                raise PolicyError(
+                    "--federation-policy needs --trust: the key(s) its signature is checked against"
+                )
+            policy = load_federation_policy(federation_policy, trust)
         if dataset is DatasetChoice.sme:
             federation = sme_federation(run_dir, institutions, rows, seed=seed, label_skew_alpha=label_skew)
         else:
@@ -210,8 +246,9 @@ def simulate(
             local_epochs,
             epsilon=epsilon,
             secure_aggregation=secure_aggregation,
+            federation_policy=policy,
         )
-    except (FedCreditError, FileNotFoundError, ValueError) as exc:
+    except (FedCreditError, FileNotFoundError, ValueError, PolicyError) as exc:
         raise _fail(exc) from exc
     _print_report(report, run_dir)
 
@@ -292,6 +329,8 @@ def demo(
         local_epochs=1,
         seed=0,
         data_dir=None,
+        federation_policy=DEMO_FEDERATION_POLICY,
+        trust=DEMO_FEDERATION_TRUST,
     )
     console.rule("Scoring the grocery-store couple (examples/grocery_store_couple.csv)")
     score_command(applicants=EXAMPLE_APPLICANT, model="latest", schema=None, as_json=False)

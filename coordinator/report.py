@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from coordinator.client_dp import client_level_epsilon
 from coordinator.server_app import RunOutcome, RunSettings
 from federation.metrics import score_metrics
 from federation.model import save_model
@@ -53,6 +54,17 @@ def settings_dict(settings: RunSettings) -> dict[str, Any]:
         "epsilon": settings.epsilon,
         "delta": settings.delta,
         "max_grad_norm": settings.max_grad_norm if settings.epsilon is not None else None,
+        "secure_aggregation": settings.secure_aggregation,
+        "secure_aggregation_shares": settings.secure_aggregation_shares,
+        "reconstruction_threshold": settings.reconstruction_threshold,
+        "client_dp": None
+        if settings.client_dp is None
+        else {
+            "noise_multiplier": settings.client_dp.noise_multiplier,
+            "clipping_norm": settings.client_dp.clipping_norm,
+            "epsilon": client_level_epsilon(settings.client_dp, settings.rounds, settings.delta),
+            "delta": settings.delta,
+        },
     }
 
 

@@ -20,13 +20,15 @@ import torch
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg, FedProx, Strategy
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 from sqlmodel import Session
 
+from coordinator.client_dp import ClientLevelDPStrategy
 from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import RecordingStrategy, RoundLog
+from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from federation import protocol as P
 from federation.loading import EncodedData, FeatureLayout, load_dataset
 from federation.metrics import score_metrics
@@ -36,16 +38,10 @@ from federation.schema import Schema, resolve_schema
 from federation.training import TrainConfig, predict_proba
 from policies.audit import append, create_audit_engine, database_url, record, sign_head
 from policies.decisions import Refusal, TrainingRequest, sign_request
+from policies.documents import ClientLevelDP
 from policies.signing import load_private_key
 
 STRATEGIES = ("fedavg", "fedprox")
-# SecAgg+ quantization: updates are scaled by rows / MAX_ROWS_PER_NODE, clipped to
-# +-clipping range and quantized to QUANTIZATION_RANGE levels (benchmarks/privacy.py measures the error).
-MAX_ROWS_PER_NODE = 100_000.0  # a node with more rows must raise it (the precision falls with it)
-WEIGHT_CLIPPING_RANGE = 16.0
-STATS_CLIPPING_RANGE = 1_000.0
-QUANTIZATION_RANGE = 2**30  # Flower rounds into int32: at most 2**31
-MODULUS_RANGE = 2**42
 DEMO_COORDINATOR_KEY = (
     Path(__file__).resolve().parents[1] / "policies" / "examples" / "keys" / "demo_coordinator.key"
 )
@@ -75,6 +71,9 @@ class RunSettings:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     secure_aggregation: bool = True  # SecAgg+: the coordinator sees only the sum of the updates
+    secure_aggregation_shares: int | None = None  # None: every institution in the round
+    reconstruction_threshold: int | None = None  # None: a majority of the shares
+    client_dp: ClientLevelDP | None = None  # client-level DP noise added by the coordinator
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -150,21 +149,18 @@ class Coordinator:
         )
         self.audit = create_audit_engine(settings.audit_url)
 
-    def _workflow(self, clipping_range: float) -> DefaultWorkflow:
+    def _workflow(self, grid: Grid, clipping_range: float, equal_weights: bool = False) -> DefaultWorkflow:
         """Flower's legacy workflow, with SecAgg+ as its fit step when the run asks for it."""
         if not self.settings.secure_aggregation:
             return DefaultWorkflow()
-        n = self.settings.min_institutions
-        return DefaultWorkflow(
-            fit_workflow=SecAggPlusWorkflow(
-                num_shares=max(n, 2),
-                reconstruction_threshold=max(2, n // 2 + 1),
-                max_weight=MAX_ROWS_PER_NODE,
-                clipping_range=clipping_range,
-                quantization_range=QUANTIZATION_RANGE,
-                modulus_range=MODULUS_RANGE,
-            )
+        workflow = secagg_workflow(
+            len(list(grid.get_node_ids())),
+            clipping_range,
+            shares=self.settings.secure_aggregation_shares,
+            threshold=self.settings.reconstruction_threshold,
+            **({"max_weight": 1.0} if equal_weights else {}),
         )
+        return DefaultWorkflow(fit_workflow=workflow)
 
     def _base_config(self) -> dict[str, Scalar]:
         return {
@@ -247,7 +243,10 @@ class Coordinator:
         )
         ordered = self._recording(strategy, RoundLog(), str(config[P.PHASE]))
         self._workflow(
-            clipping_range=STATS_CLIPPING_RANGE if config[P.PHASE] == P.PHASE_STATS else WEIGHT_CLIPPING_RANGE
+            grid,
+            clipping_range=STATS_CLIPPING_RANGE
+            if config[P.PHASE] == P.PHASE_STATS
+            else WEIGHT_CLIPPING_RANGE,
         )(grid, LegacyContext(context, ServerConfig(num_rounds=1), ordered))
         result = _global_weights(context)[0]
         if result.shape != shape:
@@ -291,9 +290,14 @@ class Coordinator:
             "fit_metrics_aggregation_fn": weighted_mean_metrics,
             "evaluate_metrics_aggregation_fn": weighted_mean_metrics,
         }
-        if self.settings.strategy == "fedprox":
-            return FedProx(proximal_mu=self.settings.proximal_mu, **common)
-        return FedAvg(**common)
+        strategy: Strategy = (
+            FedProx(proximal_mu=self.settings.proximal_mu, **common)
+            if self.settings.strategy == "fedprox"
+            else FedAvg(**common)
+        )
+        if self.settings.client_dp is None:
+            return strategy
+        return ClientLevelDPStrategy(strategy, self.settings.client_dp, self.settings.min_institutions)
 
     def _evaluate_fn(
         self, stats: NormStats
@@ -329,7 +333,7 @@ class Coordinator:
     def _run(self, grid: Grid, context: Context) -> None:
         stats = self.normalization_phase(grid, context)
         strategy = self._recording(self.training_strategy(stats), self.outcome.log, P.PHASE_TRAIN)
-        self._workflow(WEIGHT_CLIPPING_RANGE)(
+        self._workflow(grid, WEIGHT_CLIPPING_RANGE, equal_weights=self.settings.client_dp is not None)(
             grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy)
         )
         model = self.new_model(stats)

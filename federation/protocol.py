@@ -24,6 +24,7 @@ EMBEDDING_DIM: Final = "model-embedding-dim"
 NORM_MEAN: Final = "norm-mean"
 NORM_STD: Final = "norm-std"
 MAX_GRAD_NORM: Final = "dp-max-grad-norm"
+CLIENT_DP_CLIPPING_NORM: Final = "clipping_norm"  # the key Flower's client-level DP wrapper sends
 TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, canonical JSON bytes
 
 # metrics keys returned by nodes

@@ -96,6 +96,14 @@ class Member:
 
 
 @dataclass(frozen=True)
+class ClientLevelDP:
+    """Noise the coordinator adds to each round's aggregate (node updates clipped to ``clipping_norm``)."""
+
+    noise_multiplier: float
+    clipping_norm: float
+
+
+@dataclass(frozen=True)
 class ScoringRules:
     allowed_members: tuple[str, ...]
     allowed_purposes: tuple[str, ...]
@@ -115,8 +123,11 @@ class FederationPolicy:
     min_institutions: int
     proximal_mu: float
     secure_aggregation: bool
+    secure_aggregation_shares: int | None  # None: every institution in the round
+    reconstruction_threshold: int | None  # None: a majority of the shares
     epsilon: float | None
     delta: float
+    client_dp: ClientLevelDP | None
     scoring: ScoringRules
     sha256: str
 
@@ -394,6 +405,8 @@ def _federation(r: _Reader, sha256: str) -> FederationPolicy:
             "min_institutions", f"{min_inst} exceeds the {holders} data holder(s) listed as members"
         )
     epsilon = privacy.get("epsilon", (int, float), None, _epsilon)
+    shares, threshold = _secure_aggregation_sizes(privacy)
+    client_dp = _client_dp(privacy.sub("client_dp", required=False))
     allowed_members = scoring.strings("allowed_members")
     unknown = [n for n in allowed_members if n not in names]
     if unknown:
@@ -413,8 +426,11 @@ def _federation(r: _Reader, sha256: str) -> FederationPolicy:
         min_institutions=min_inst,
         proximal_mu=float(agg.get("proximal_mu", (int, float), 0.01, _positive)),
         secure_aggregation=privacy.get("secure_aggregation", bool),
+        secure_aggregation_shares=shares,
+        reconstruction_threshold=threshold,
         epsilon=None if epsilon is None else float(epsilon),
         delta=float(privacy.get("delta", (int, float), 1e-5, _delta)),
+        client_dp=client_dp,
         scoring=ScoringRules(
             allowed_members=allowed_members,
             allowed_purposes=_purposes(scoring, "allowed_purposes"),
@@ -426,6 +442,36 @@ def _federation(r: _Reader, sha256: str) -> FederationPolicy:
     for reader in (dataset, agg, privacy, scoring, r):
         reader.close()
     return policy
+
+
+def _secure_aggregation_sizes(privacy: _Reader) -> tuple[int | None, int | None]:
+    shares = privacy.get(
+        "secure_aggregation_shares",
+        int,
+        None,
+        # SecAgg+ places each institution in the middle of a ring of neighbours: an odd count
+        lambda v: None if v >= 3 and v % 2 == 1 else f"must be an odd number >= 3, got {v}",
+    )
+    threshold = privacy.get(
+        "reconstruction_threshold", int, None, lambda v: None if v >= 2 else f"must be >= 2, got {v}"
+    )
+    if shares is not None and threshold is not None and not shares / 2 < threshold < shares:
+        raise privacy.fail(
+            "reconstruction_threshold",
+            f"must be more than half of secure_aggregation_shares ({shares}) and fewer than all of them, got {threshold}",
+        )
+    return shares, threshold
+
+
+def _client_dp(table: _Reader) -> ClientLevelDP | None:
+    if not table.table:
+        return None
+    dp = ClientLevelDP(
+        noise_multiplier=float(table.get("noise_multiplier", (int, float), check=_positive)),
+        clipping_norm=float(table.get("clipping_norm", (int, float), check=_positive)),
+    )
+    table.close()
+    return dp
 
 
 def parse_policy(data: bytes, source: str) -> Policy:

@@ -13,12 +13,29 @@ import torch
 from typer.testing import CliRunner
 
 from coordinator.cli import app
+from coordinator.client_dp import client_level_epsilon
 from federation.loading import load_dataset
 from federation.normalization import combine_moments, local_moments, stats_from_moments
 from federation.schema import resolve_schema
+from policies.documents import ClientLevelDP
+from policies.signing import generate_keypair, sign_policy
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grocery_store_couple.csv"
+CONSORTIUM = Path(__file__).resolve().parents[2] / "policies" / "examples" / "sme_consortium.toml"
 runner = CliRunner()
+
+
+def federation_policy(folder: Path, privacy: str, secure_aggregation: bool = True) -> list[str]:
+    """The demo consortium's policy with ``privacy`` settings added, signed by a fresh key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    policy = folder / "federation.toml"
+    text = CONSORTIUM.read_text().replace("delta = 1e-5\n", f"delta = 1e-5\n{privacy}\n")
+    if not secure_aggregation:
+        text = text.replace("secure_aggregation = true", "secure_aggregation = false")
+    policy.write_text(text)
+    key, pub = generate_keypair(folder, "consortium")
+    sign_policy(policy, key)
+    return ["--federation-policy", str(policy), "--trust", str(pub)]
 
 
 SIMULATE = [
@@ -41,7 +58,13 @@ def _simulate_in(workdir: Path, args: list[str] | None = None) -> tuple[Path, st
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return _simulate_in(tmp_path_factory.mktemp("fedcredit"))
+    """Five institutions under a federation policy with 3 SecAgg+ shares, threshold 2; one refuses
+    after the key exchange, i.e. drops out mid-round."""
+    workdir = tmp_path_factory.mktemp("fedcredit")
+    policy = federation_policy(
+        workdir / "policy", "secure_aggregation_shares = 3\nreconstruction_threshold = 2"
+    )
+    return _simulate_in(workdir, [*SIMULATE[1:], *policy])
 
 
 def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None:
@@ -49,6 +72,10 @@ def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None
     assert "test set: AUC" in output
     report = json.loads((run_dir / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    settings = report["settings"]
+    assert settings["secure_aggregation"] is True and settings["client_dp"] is None
+    assert (settings["secure_aggregation_shares"], settings["reconstruction_threshold"]) == (3, 2)
+    assert "federation policy federation.sme-consortium v1: fedavg, at least 3 institutions" in output
     aucs = [r["auc"] for r in report["rounds"]]
     assert aucs[-1] > aucs[0]
     assert report["final_test_metrics"]["auc"] == pytest.approx(aucs[-1])
@@ -200,3 +227,37 @@ def test_differentially_private_run_spends_and_records_its_budget(tmp_path: Path
     export = runner.invoke(app, ["audit", "export", "--jsonl", "-", "--db", node_db])
     assert export.output.count('"action":"privacy.spend"') == 2
     assert "round-2/epsilon-spent=" in export.output
+
+
+def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path) -> None:
+    """One round without SecAgg+ (so both runs are deterministic): client-level DP changes the
+    aggregate by clipping, equal weights and noise of std noise_multiplier * clipping_norm / 3."""
+    base = [
+        "--institutions",
+        "3",
+        "--rows",
+        "6000",
+        "--rounds",
+        "1",
+        "--no-secure-aggregation",
+        "--seed",
+        "2",
+    ]
+    (tmp_path / "plain").mkdir()
+    plain_dir, _ = _simulate_in(tmp_path / "plain", base)
+    policy = federation_policy(
+        tmp_path / "policy",
+        "[privacy.client_dp]\nnoise_multiplier = 1.5\nclipping_norm = 1.0",
+        secure_aggregation=False,
+    )
+    (tmp_path / "dp").mkdir()
+    dp_dir, output = _simulate_in(tmp_path / "dp", [*base, *policy])
+    client_dp = json.loads((dp_dir / "report.json").read_text())["settings"]["client_dp"]
+    assert client_dp["noise_multiplier"] == 1.5 and client_dp["clipping_norm"] == 1.0
+    assert client_dp["epsilon"] == pytest.approx(client_level_epsilon(ClientLevelDP(1.5, 1.0), 1, 1e-5))
+    assert "client-level DP (noise x1.5)" in output
+    plain, noisy = (torch.load(r / "model.pt", weights_only=True)["state_dict"] for r in (plain_dir, dp_dir))
+    towers = [k for k in plain if k.startswith("towers.") and plain[k].is_floating_point()]
+    diff = torch.cat([(noisy[k] - plain[k]).flatten() for k in towers])
+    sigma = 1.5 * 1.0 / 3
+    assert 0.8 * sigma < float(diff.std()) < 1.2 * sigma

@@ -110,3 +110,38 @@ def test_federation_policy_checks() -> None:
         text.replace('allowed_members = ["national_bank"', 'allowed_members = ["somebody"')
     )
     assert "rounds: 80 exceeds max_rounds 50" in _error(text.replace("rounds = 10\n", "rounds = 80\n"))
+
+
+def test_federation_secure_aggregation_and_client_dp_settings() -> None:
+    text = _text("sme_consortium")
+    default = parse_policy(text.encode(), "p.toml")
+    assert isinstance(default, FederationPolicy)
+    assert default.secure_aggregation_shares is None and default.reconstruction_threshold is None
+    assert default.client_dp is None
+
+    def privacy(extra: str) -> str:
+        return text.replace("delta = 1e-5\n", f"delta = 1e-5\n{extra}\n")
+
+    set_ = parse_policy(
+        privacy(
+            "secure_aggregation_shares = 5\nreconstruction_threshold = 3\n"
+            "[privacy.client_dp]\nnoise_multiplier = 0.8\nclipping_norm = 2"
+        ).encode(),
+        "p.toml",
+    )
+    assert isinstance(set_, FederationPolicy)
+    assert (set_.secure_aggregation_shares, set_.reconstruction_threshold) == (5, 3)
+    assert set_.client_dp is not None and set_.client_dp.clipping_norm == 2.0
+    assert "privacy.secure_aggregation_shares: must be an odd number >= 3, got 4" in _error(
+        privacy("secure_aggregation_shares = 4")
+    )
+    assert (
+        "privacy.reconstruction_threshold: must be more than half of secure_aggregation_shares (5)"
+        in _error(privacy("secure_aggregation_shares = 5\nreconstruction_threshold = 2"))
+    )
+    assert "privacy.client_dp.noise_multiplier: must be > 0, got 0" in _error(
+        privacy("[privacy.client_dp]\nnoise_multiplier = 0\nclipping_norm = 1")
+    )
+    assert "privacy.client_dp.sigma: unknown key" in _error(
+        privacy("[privacy.client_dp]\nnoise_multiplier = 1\nclipping_norm = 1\nsigma = 2")
+    )

@@ -1,0 +1,59 @@
+"""SecAgg+ settings: shares, threshold, clipping and quantization.
+
+Updates are scaled by rows / MAX_ROWS_PER_NODE, clipped to +-clipping range and
+quantized to QUANTIZATION_RANGE levels before masking (benchmarks/privacy.py
+measures the error against the plain sum).
+"""
+
+from __future__ import annotations
+
+from flwr.server.workflow import SecAggPlusWorkflow
+
+MAX_ROWS_PER_NODE = 100_000.0  # a node with more rows must raise it (the precision falls with it)
+WEIGHT_CLIPPING_RANGE = 16.0
+STATS_CLIPPING_RANGE = 1_000.0
+QUANTIZATION_RANGE = 2**30  # Flower rounds into int32: at most 2**31
+MODULUS_RANGE = 2**42
+
+
+class SecureAggregationError(ValueError):
+    """The federation's secure-aggregation settings cannot protect a round with this many institutions."""
+
+
+def shares_and_threshold(
+    institutions: int, shares: int | None = None, threshold: int | None = None
+) -> tuple[int | float, int]:
+    """SecAgg+ ``num_shares`` and ``reconstruction_threshold`` for a round with ``institutions`` nodes.
+
+    ``shares``/``threshold`` come from the federation policy; by default every
+    institution holds a share and a majority of the shares rebuilds a secret.
+    """
+    if institutions < 2:
+        raise SecureAggregationError(f"secure aggregation needs at least 2 institutions, got {institutions}")
+    used = institutions if shares is None else min(shares, institutions)
+    needed = threshold if threshold is not None else max(2, used // 2 + 1)
+    if needed >= used and institutions > 2:
+        raise SecureAggregationError(
+            f"reconstruction threshold {needed} needs more than {used} share(s); "
+            f"{institutions} institution(s) are in the round"
+        )
+    # Flower takes an integer share count only above 2; 1.0 means "all of them"
+    return (1.0 if used <= 2 else used), needed
+
+
+def secagg_workflow(
+    institutions: int,
+    clipping_range: float,
+    shares: int | None = None,
+    threshold: int | None = None,
+    max_weight: float = MAX_ROWS_PER_NODE,
+) -> SecAggPlusWorkflow:
+    num_shares, reconstruction_threshold = shares_and_threshold(institutions, shares, threshold)
+    return SecAggPlusWorkflow(
+        num_shares=num_shares,
+        reconstruction_threshold=reconstruction_threshold,
+        max_weight=max_weight,
+        clipping_range=clipping_range,
+        quantization_range=QUANTIZATION_RANGE,
+        modulus_range=MODULUS_RANGE,
+    )

@@ -1,0 +1,73 @@
+"""SecAgg+ sizes and the federation policy's say over a run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from coordinator.federation_policy import (
+    DEMO_FEDERATION_POLICY,
+    DEMO_FEDERATION_TRUST,
+    apply_federation_policy,
+    load_federation_policy,
+)
+from coordinator.secure_aggregation import SecureAggregationError, shares_and_threshold
+from coordinator.server_app import RunSettings
+from policies.documents import ClientLevelDP, PolicyError
+
+
+@pytest.mark.parametrize(
+    ("institutions", "shares", "threshold", "expected"),
+    [
+        (10, None, None, (10, 6)),  # every institution holds a share, a majority rebuilds
+        (5, None, None, (5, 3)),
+        (3, None, None, (3, 2)),
+        (2, None, None, (1.0, 2)),  # Flower's "all of them" for two
+        (10, 5, 3, (5, 3)),  # from the federation policy
+        (4, 5, None, (4, 3)),  # capped at the institutions present
+    ],
+)
+def test_shares_and_threshold(
+    institutions: int, shares: int | None, threshold: int | None, expected: tuple[float, int]
+) -> None:
+    assert shares_and_threshold(institutions, shares, threshold) == expected
+
+
+def test_a_threshold_the_round_cannot_meet_is_refused() -> None:
+    with pytest.raises(SecureAggregationError, match="reconstruction threshold 4 needs more than 4 share"):
+        shares_and_threshold(4, 5, 4)
+    with pytest.raises(SecureAggregationError, match="at least 2 institutions"):
+        shares_and_threshold(1)
+
+
+def test_the_federation_policy_sets_the_run() -> None:
+    policy = load_federation_policy(DEMO_FEDERATION_POLICY, DEMO_FEDERATION_TRUST)
+    policy = replace(
+        policy, secure_aggregation_shares=5, reconstruction_threshold=3, client_dp=ClientLevelDP(1.0, 2.0)
+    )
+    settings = apply_federation_policy(
+        RunSettings(schema="sme", strategy="fedprox", min_institutions=2), policy
+    )
+    assert (settings.strategy, settings.min_institutions) == ("fedavg", 3)
+    assert (settings.secure_aggregation_shares, settings.reconstruction_threshold) == (5, 3)
+    assert settings.client_dp == ClientLevelDP(1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (RunSettings(schema="uci_homo"), "the federation trains schema sme 1.0.0, this run uses uci_homo"),
+        (RunSettings(schema="sme", rounds=51), "51 rounds exceed its max_rounds 50"),
+        (
+            RunSettings(schema="sme", secure_aggregation=False),
+            "requires secure aggregation; the run turned it off",
+        ),
+    ],
+)
+def test_what_the_federation_policy_forbids(settings: RunSettings, message: str) -> None:
+    policy = load_federation_policy(DEMO_FEDERATION_POLICY, DEMO_FEDERATION_TRUST)
+    with pytest.raises(PolicyError, match=message):
+        apply_federation_policy(settings, policy)
+    with pytest.raises(PolicyError, match="epsilon 9 exceeds the agreed 3"):
+        apply_federation_policy(RunSettings(schema="sme", epsilon=9), replace(policy, epsilon=3.0))

@@ -1,0 +1,45 @@
+"""The membership-inference attacks can find a leak: a memorising model is caught, a fresh one is not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from federation.baselines import train_for_epochs
+from federation.loading import EncodedData, encode_frame
+from federation.membership import loss_attack_auc, reference_attack_auc, train_reference_models
+from federation.model import ModelConfig
+from federation.schema import resolve_schema
+from federation.synthetic import generate_sme
+from federation.training import TrainConfig
+
+MEMORISE = TrainConfig(batch_size=16, learning_rate=1e-2, weight_decay=0.0)
+WIDE = ModelConfig(hidden=32)
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, EncodedData]:
+    """60 defaulters and 60 others as members, as many of each as non-members; the rest is the
+    attacker's population."""
+    data = encode_frame(generate_sme(4000, seed=11), resolve_schema("sme"), "sme")
+    assert data.label is not None
+    pos, neg = np.flatnonzero(data.label == 1), np.flatnonzero(data.label == 0)
+    return {
+        "members": data.subset(np.concatenate([pos[:60], neg[:60]])),
+        "nonmembers": data.subset(np.concatenate([pos[60:120], neg[60:120]])),
+        "population": data.subset(np.concatenate([pos[120:], neg[120:600]])),
+    }
+
+
+def test_a_memorising_model_is_caught_by_both_attacks(rows: dict[str, EncodedData]) -> None:
+    model = train_for_epochs(rows["members"], 60, MEMORISE, WIDE, seed=1)
+    references = train_reference_models(rows["population"], 4, 60, MEMORISE, WIDE, seed=2)
+    assert loss_attack_auc(model, rows["members"], rows["nonmembers"]) > 0.7
+    assert reference_attack_auc(model, rows["members"], rows["nonmembers"], references) > 0.6
+
+
+def test_a_model_that_never_saw_the_members_reveals_nothing(rows: dict[str, EncodedData]) -> None:
+    references = train_reference_models(rows["population"], 4, 5, TrainConfig(), seed=3)
+    outsider = train_for_epochs(rows["population"], 5, TrainConfig(), seed=4)
+    assert abs(loss_attack_auc(outsider, rows["members"], rows["nonmembers"]) - 0.5) < 0.08
+    assert abs(reference_attack_auc(outsider, rows["members"], rows["nonmembers"], references) - 0.5) < 0.08
