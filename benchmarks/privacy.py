@@ -7,16 +7,23 @@ record-level DP-SGD at each bank (epsilon per bank for the whole run, delta
 1e-5); "inf" is the non-private run with the quality benchmark's settings.
 Every model is tested on default_credit_homo_test.csv.
 
-membership_inference: loss-threshold attack on the final global model. For
-each bank: members are its training rows, non-members as many rows of the
-test file (same population, never trained on); the attack scores a row by its
-negative loss; its AUC is 0.5 when the model reveals nothing about membership.
+membership_inference: the UCI training rows re-split into banks of different
+sizes (--mia-sizes), trained without DP and at epsilon 3 (the same settings as
+above). Two attacks on the final global model (federation/membership.py):
+loss threshold, and reference models (offline LiRA: the attacker trains
+--mia-references models on half of the rows it holds and flags rows the
+global model is unusually confident about). The attacker holds one half of
+the test file; the other half are the non-members. For each bank the members
+are as many of its training rows. attack_auc_no_dp / attack_auc_eps3 are the
+worst case: the highest AUC over banks and attacks (0.5 = reveals nothing).
 
 secagg: the UCI training rows re-split into 10 banks; the same training (one
 local epoch per round, the quality benchmark's settings) with and without
 SecAgg+; seconds per fit round (mean over rounds 2..R, the first round
-includes Ray's warm-up), and the largest difference between the two global
-models' normalization statistics (the quantization error of the secure sum).
+includes Ray's warm-up), the coordinator's wait for each message round (SecAgg+
+has four per training round: setup, share keys, collect masked vectors,
+unmask), and the largest difference between the two global models'
+normalization statistics (the quantization error of the secure sum).
 """
 
 from __future__ import annotations
@@ -28,61 +35,47 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key
 
-from coordinator.server_app import RunSettings
+import coordinator.server_app
+from coordinator.prompt_grid import PromptGrid
+from coordinator.server_app import RunOutcome, RunSettings
 from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
-from federation.loading import EncodedData, load_dataset
-from federation.metrics import auc, score_metrics
+from federation.loading import load_dataset
+from federation.membership import loss_attack_auc, reference_attack_auc, train_reference_models
+from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig
 from federation.partition import TRAIN_FILE
-from federation.scenarios import fate_data_dir, uci_federation
+from federation.scenarios import Federation, fate_data_dir, uci_federation
 from federation.schema import resolve_schema
 from federation.seeding import rng_for
-from federation.training import TrainConfig, predict_proba
+from federation.training import TrainConfig
 
 WORK = Path("var/bench/privacy")
 
 
-def _losses(model: FourDimensionModel, data: EncodedData) -> np.ndarray:
-    assert data.label is not None
-    p = np.clip(predict_proba(model, data), 1e-7, 1 - 1e-7)
-    return -(data.label * np.log(p) + (1 - data.label) * np.log(1 - p))
-
-
-def membership_attack(
-    model: FourDimensionModel, members: EncodedData, population: EncodedData, seed: int
-) -> float:
-    """AUC of telling members from non-members by low loss (0.5 = no leak)."""
-    pick = rng_for(seed, "mia-nonmembers").choice(
-        len(population), size=min(len(members), len(population)), replace=False
-    )
-    scores = -np.concatenate([_losses(model, members), _losses(model, population.subset(pick))])
-    is_member = np.concatenate([np.ones(len(members)), np.zeros(len(pick))])
-    return auc(is_member, scores)
-
-
-def run(epsilon: float | None, args: argparse.Namespace, data_dir: Path | None) -> dict[str, Any]:
-    label = "inf" if epsilon is None else f"{epsilon:g}"
-    print(f"uci_homo, epsilon {label}", flush=True)
-    federation = uci_federation(
-        WORK / f"eps-{label}", 3, data_dir=data_dir, seed=args.seed, holdout_fraction=0.0
-    )
+def federate(
+    name: str, federation: Federation, epsilon: float | None, args: argparse.Namespace, **extra: Any
+) -> tuple[RunOutcome, RunSettings]:
+    """One run on the simulation engine: the quality benchmark's settings, or DP-SGD at ``epsilon``."""
     nodes = with_policies(
         [SimulatedNode(n, p, "uci_homo") for n, p in federation.institutions.items()],
-        WORK / f"eps-{label}",
+        WORK / name,
         use_examples=False,
     )
     settings = RunSettings(
         schema="uci_homo",
         rounds=args.plain_rounds,
         seed=args.seed,
-        min_institutions=3,
+        min_institutions=len(federation.institutions),
         test_path=federation.test_path,
         evaluate_on_nodes=False,
-        run_id=f"privacy-{label}",
+        run_id=f"privacy-{name}",
+        **extra,
     )
     if epsilon is not None:
         settings = replace(
@@ -94,37 +87,113 @@ def run(epsilon: float | None, args: argparse.Namespace, data_dir: Path | None) 
             train=TrainConfig(batch_size=args.dp_batch, learning_rate=args.dp_lr),
             model=ModelConfig(hidden=args.dp_hidden),
         )
-    started = time.perf_counter()
     outcome = run_simulated_federation(
         nodes, settings, on_round=lambda r, m: print(f"  round {r:2d}  test AUC {m['auc']:.4f}", flush=True)
     )
     assert outcome.model is not None and outcome.test_labels is not None and outcome.test_scores is not None
-    schema = resolve_schema("uci_homo")
-    test = load_dataset(federation.test_path, schema)
-    attacks = {
-        name: membership_attack(outcome.model, load_dataset(path / TRAIN_FILE, schema), test, args.seed)
-        for name, path in federation.institutions.items()
-    }
-    spent = {
+    return outcome, settings
+
+
+def _spent(outcome: RunOutcome) -> dict[str, float]:
+    return {
         name: max((r.get("epsilon_spent", 0.0) for r in inst["rounds"]), default=0.0)
         for name, inst in outcome.log.institutions.items()
     }
+
+
+def accuracy_run(epsilon: float | None, args: argparse.Namespace, data_dir: Path | None) -> dict[str, Any]:
+    label = "inf" if epsilon is None else f"{epsilon:g}"
+    print(f"uci_homo, epsilon {label}", flush=True)
+    federation = uci_federation(
+        WORK / f"eps-{label}", 3, data_dir=data_dir, seed=args.seed, holdout_fraction=0.0
+    )
+    started = time.perf_counter()
+    outcome, settings = federate(f"eps-{label}", federation, epsilon, args)
+    assert outcome.test_labels is not None and outcome.test_scores is not None
     return {
         "auc": score_metrics(outcome.test_labels, outcome.test_scores)["auc"],
-        "epsilon_spent": spent,
-        "attack_auc": attacks,
-        "rows": {
-            name: len(load_dataset(p / TRAIN_FILE, schema)) for name, p in federation.institutions.items()
-        },
+        "epsilon_spent": _spent(outcome),
         "seconds": round(time.perf_counter() - started, 1),
         "rounds": settings.rounds,
     }
 
 
+def membership_inference(args: argparse.Namespace, data_dir: Path | None) -> dict[str, Any]:
+    schema = resolve_schema("uci_homo")
+    federation = uci_federation(
+        WORK / "mia", data_dir=data_dir, seed=args.seed, holdout_fraction=0.0, sizes=args.mia_sizes
+    )
+    test = load_dataset(federation.test_path, schema)
+    order = rng_for(args.seed, "mia-attacker").permutation(len(test))
+    attacker, nonmembers = test.subset(order[: len(test) // 2]), test.subset(order[len(test) // 2 :])
+    print(
+        f"membership inference: {args.mia_references} reference models on {len(attacker) // 2} rows",
+        flush=True,
+    )
+    references = train_reference_models(
+        attacker, args.mia_references, args.plain_rounds, TrainConfig(), seed=args.seed
+    )
+    members = {
+        name: load_dataset(path / TRAIN_FILE, schema) for name, path in federation.institutions.items()
+    }
+    by_bank: dict[str, dict[str, Any]] = {n: {"rows": len(d)} for n, d in members.items()}
+    runs: dict[str, Any] = {}
+    for label, epsilon in (("no_dp", None), ("eps3", 3.0)):
+        print(f"membership inference: banks of different sizes, {label}", flush=True)
+        outcome, _ = federate(f"mia-{label}", federation, epsilon, args)
+        model: FourDimensionModel = outcome.model  # type: ignore[assignment]
+        assert outcome.test_labels is not None and outcome.test_scores is not None
+        runs[label] = {
+            "auc": score_metrics(outcome.test_labels, outcome.test_scores)["auc"],
+            "epsilon_spent": _spent(outcome),
+        }
+        for name, rows in members.items():
+            pick = rng_for(args.seed, f"mia-members-{name}").permutation(len(rows))[: len(nonmembers)]
+            sample = rows.subset(pick)
+            by_bank[name][f"loss_{label}"] = loss_attack_auc(model, sample, nonmembers)
+            by_bank[name][f"reference_{label}"] = reference_attack_auc(model, sample, nonmembers, references)
+    smallest = min(by_bank, key=lambda n: by_bank[n]["rows"])
+
+    def worst(label: str, banks: list[str]) -> float:
+        return max(max(by_bank[n][f"loss_{label}"], by_bank[n][f"reference_{label}"]) for n in banks)
+
+    return {
+        "attack_auc_no_dp": worst("no_dp", list(by_bank)),
+        "attack_auc_eps3": worst("eps3", list(by_bank)),
+        "smallest_institution": smallest,
+        "smallest_attack_auc_no_dp": worst("no_dp", [smallest]),
+        "smallest_attack_auc_eps3": worst("eps3", [smallest]),
+        "by_institution": by_bank,
+        "runs": runs,
+        "sizes": args.mia_sizes,
+        "reference_models": args.mia_references,
+        "nonmembers": len(nonmembers),
+    }
+
+
+class _TimedGrid(PromptGrid):
+    """Records how long the coordinator waits for each message round, by SecAgg+ stage."""
+
+    waits: ClassVar[list[tuple[str, float]]] = []
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        messages = list(messages)
+        stage = "train"
+        if messages:
+            config = messages[0].content.config_records.get(SECAGG_CONFIGS)
+            stage = str(config[Key.STAGE]) if config is not None else messages[0].metadata.message_type
+        started = time.perf_counter()
+        replies = super().send_and_receive(messages, timeout=timeout)
+        self.waits.append((stage, time.perf_counter() - started))
+        return replies
+
+
 def secagg_timing(institutions: int, rounds: int, data_dir: Path | None, seed: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"institutions": institutions, "rounds": rounds}
+    out: dict[str, Any] = {"institutions": institutions, "rounds": rounds, "message_round_seconds": {}}
     models = {}
+    coordinator.server_app.PromptGrid = _TimedGrid  # type: ignore[misc]
     for secure in (False, True):
+        _TimedGrid.waits = []
         label = "secagg" if secure else "plain"
         print(f"secagg timing: {institutions} banks, {label}", flush=True)
         root = WORK / f"secagg-{label}"
@@ -149,6 +218,14 @@ def secagg_timing(institutions: int, rounds: int, data_dir: Path | None, seed: i
             outcome.model is not None and outcome.test_labels is not None and outcome.test_scores is not None
         )
         out[f"round_seconds_{label}"] = float(np.mean([r["fit_seconds"] for r in outcome.log.central[1:]]))
+        # training rounds 2..R: skip the normalization round, round 1, evaluations and the reference round
+        stages = [w for w in _TimedGrid.waits if w[0] != "evaluate"]
+        per_round = 4 if secure else 1
+        training = stages[per_round : per_round * (rounds + 1)][per_round:]
+        for stage in dict.fromkeys(s for s, _ in training):
+            out["message_round_seconds"][f"{label}:{stage}"] = float(
+                np.mean([t for s, t in training if s == stage])
+            )
         out[f"auc_{label}"] = score_metrics(outcome.test_labels, outcome.test_scores)["auc"]
         models[label] = outcome.model
     out["normalization_max_abs_diff"] = float(
@@ -177,43 +254,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--secagg-institutions", type=int, default=10)
     parser.add_argument("--secagg-rounds", type=int, default=4)
+    parser.add_argument("--mia-sizes", type=float, nargs="+", default=[0.6, 0.25, 0.12, 0.03])
+    parser.add_argument("--mia-references", type=int, default=8)
     args = parser.parse_args(argv)
     data_dir = fate_data_dir(args.data_dir)
     shutil.rmtree(WORK, ignore_errors=True)
-    runs = {"inf": run(None, args, data_dir)} | {f"{e:g}": run(e, args, data_dir) for e in args.epsilons}
-    smallest = min(runs["inf"]["rows"], key=runs["inf"]["rows"].get)
+    runs = {"inf": accuracy_run(None, args, data_dir)} | {
+        f"{e:g}": accuracy_run(e, args, data_dir) for e in args.epsilons
+    }
     result = {
         "uci_homo": {"auc_by_epsilon": {k: v["auc"] for k, v in runs.items()}, "runs": runs},
-        "membership_inference": {
-            "attack_auc_no_dp": float(np.mean(list(runs["inf"]["attack_auc"].values()))),
-            "attack_auc_eps3": float(np.mean(list(runs["3"]["attack_auc"].values())))
-            if "3" in runs
-            else None,
-            "smallest_institution": smallest,
-            "smallest_attack_auc_no_dp": runs["inf"]["attack_auc"][smallest],
-            "smallest_attack_auc_eps3": runs["3"]["attack_auc"][smallest] if "3" in runs else None,
-        },
+        "membership_inference": membership_inference(args, data_dir),
         "secagg": secagg_timing(args.secagg_institutions, args.secagg_rounds, data_dir, args.seed),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(f"\n{'epsilon':>8s} {'test AUC':>9s} {'spent (max over banks)':>24s} {'attack AUC (mean)':>18s}")
+    print(f"\n{'epsilon':>8s} {'test AUC':>9s} {'spent (max over banks)':>24s}")
     for k, v in runs.items():
         spent = max(v["epsilon_spent"].values(), default=0.0)
-        print(
-            f"{k:>8s} {v['auc']:9.4f} {('-' if k == 'inf' else f'{spent:.3f}'):>24s} {np.mean(list(v['attack_auc'].values())):18.4f}"
-        )
+        print(f"{k:>8s} {v['auc']:9.4f} {('-' if k == 'inf' else f'{spent:.3f}'):>24s}")
     mi = result["membership_inference"]
-    if mi["smallest_attack_auc_eps3"] is not None:
+    print(
+        f"\nmembership inference (attack AUC, 0.5 = nothing revealed; test AUC no DP "
+        f"{mi['runs']['no_dp']['auc']:.4f}, epsilon 3 {mi['runs']['eps3']['auc']:.4f})"
+    )
+    print(
+        f"{'bank':>8s} {'rows':>6s} {'loss, no DP':>12s} {'loss, eps 3':>12s} {'ref, no DP':>11s} {'ref, eps 3':>11s}"
+    )
+    for name, b in mi["by_institution"].items():
         print(
-            f"smallest bank {smallest}: attack AUC {mi['smallest_attack_auc_no_dp']:.4f} without DP, "
-            f"{mi['smallest_attack_auc_eps3']:.4f} at epsilon 3"
+            f"{name:>8s} {b['rows']:6d} {b['loss_no_dp']:12.4f} {b['loss_eps3']:12.4f} "
+            f"{b['reference_no_dp']:11.4f} {b['reference_eps3']:11.4f}"
         )
+    print(
+        f"worst case: {mi['attack_auc_no_dp']:.4f} without DP, {mi['attack_auc_eps3']:.4f} at epsilon 3; "
+        f"smallest bank {mi['smallest_institution']}: {mi['smallest_attack_auc_no_dp']:.4f} -> "
+        f"{mi['smallest_attack_auc_eps3']:.4f} (lowered by "
+        f"{mi['smallest_attack_auc_no_dp'] - mi['smallest_attack_auc_eps3']:+.4f})"
+    )
     sa = result["secagg"]
     print(
         f"SecAgg+ with {sa['institutions']} banks: {sa['round_seconds_secagg']:.2f} s per round vs "
         f"{sa['round_seconds_plain']:.2f} s plain ({sa['overhead']:.2f}x); AUC {sa['auc_secagg']:.4f} vs "
         f"{sa['auc_plain']:.4f}; normalization differs by at most {sa['normalization_max_abs_diff']:.2e}"
+    )
+    print(
+        "  coordinator's wait per message round: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in sa["message_round_seconds"].items())
     )
     print(f"wrote {args.json}")
     return 0 if not math.isnan(result["uci_homo"]["auc_by_epsilon"]["inf"]) else 1

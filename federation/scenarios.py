@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from federation.partition import (
@@ -73,12 +75,24 @@ def uci_federation(
     data_dir: str | Path | None = None,
     seed: int = 0,
     holdout_fraction: float = 0.2,
+    sizes: Sequence[float] | None = None,
 ) -> Federation:
-    """The FATE homo split of the UCI Taiwan data: three banks (or the same rows re-split)."""
+    """The FATE homo split of the UCI Taiwan data: three banks (or the same rows re-split,
+    evenly or, with ``sizes``, in those proportions)."""
     source = fate_data_dir(data_dir)
     banks = [pd.read_csv(source / f"default_credit_homo_{b}.csv") for b in UCI_HOMO_BANKS]
     root = out_dir / "institutions"
-    if institutions == len(UCI_HOMO_BANKS):
+    if sizes is not None:
+        shares = np.asarray(sizes, dtype=np.float64)
+        if len(shares) < 2 or (shares <= 0).any():
+            raise ValueError(f"sizes must be at least two positive proportions, got {list(sizes)}")
+        pooled = pd.concat(banks, ignore_index=True)
+        assignment = rng_for(seed, "uci-resplit").choice(
+            len(shares), size=len(pooled), p=shares / shares.sum()
+        )
+        names = [f"bank_{k + 1}" for k in range(len(shares))]
+        folders = write_partition(pooled, assignment, names, root, holdout_fraction, seed)
+    elif institutions == len(UCI_HOMO_BANKS):
         folders = {
             f"bank_{b}": write_institution(frame, root / f"bank_{b}", holdout_fraction, seed + k)
             for k, (b, frame) in enumerate(zip(UCI_HOMO_BANKS, banks, strict=True))
