@@ -22,7 +22,8 @@ local epoch per round, the quality benchmark's settings) with and without
 SecAgg+; seconds per fit round (mean over rounds 2..R, the first round
 includes Ray's warm-up), the coordinator's wait for each message round (SecAgg+
 has four per training round: setup, share keys, collect masked vectors,
-unmask), and the largest difference between the two global models'
+unmask), the same with --secagg-neighbourhood shares per institution instead
+of all of them, and the largest difference between the two global models'
 normalization statistics (the quantization error of the secure sum).
 """
 
@@ -188,13 +189,24 @@ class _TimedGrid(PromptGrid):
         return replies
 
 
-def secagg_timing(institutions: int, rounds: int, data_dir: Path | None, seed: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"institutions": institutions, "rounds": rounds, "message_round_seconds": {}}
+def secagg_timing(
+    institutions: int, rounds: int, data_dir: Path | None, seed: int, neighbourhood: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "institutions": institutions,
+        "rounds": rounds,
+        "neighbourhood_shares": neighbourhood,
+        "message_round_seconds": {},
+    }
     models = {}
     coordinator.server_app.PromptGrid = _TimedGrid  # type: ignore[misc]
-    for secure in (False, True):
+    # plain; SecAgg+ with the default shares (every institution); SecAgg+ with a smaller neighbourhood
+    for label, secure, shares in (
+        ("plain", False, None),
+        ("secagg", True, None),
+        ("secagg_neighbourhood", True, neighbourhood),
+    ):
         _TimedGrid.waits = []
-        label = "secagg" if secure else "plain"
         print(f"secagg timing: {institutions} banks, {label}", flush=True)
         root = WORK / f"secagg-{label}"
         federation = uci_federation(root, institutions, data_dir=data_dir, seed=seed, holdout_fraction=0.0)
@@ -212,6 +224,7 @@ def secagg_timing(institutions: int, rounds: int, data_dir: Path | None, seed: i
             evaluate_on_nodes=False,
             run_id=f"secagg-{label}",
             secure_aggregation=secure,
+            secure_aggregation_shares=shares,
         )
         outcome = run_simulated_federation(nodes, settings)
         assert (
@@ -235,6 +248,7 @@ def secagg_timing(institutions: int, rounds: int, data_dir: Path | None, seed: i
         )
     )
     out["overhead"] = out["round_seconds_secagg"] / out["round_seconds_plain"]
+    out["overhead_neighbourhood"] = out["round_seconds_secagg_neighbourhood"] / out["round_seconds_plain"]
     return out
 
 
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--secagg-institutions", type=int, default=10)
     parser.add_argument("--secagg-rounds", type=int, default=4)
+    parser.add_argument(
+        "--secagg-neighbourhood", type=int, default=3, help="shares in the smaller-neighbourhood variant"
+    )
     parser.add_argument("--mia-sizes", type=float, nargs="+", default=[0.6, 0.25, 0.12, 0.03])
     parser.add_argument("--mia-references", type=int, default=8)
     args = parser.parse_args(argv)
@@ -265,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "uci_homo": {"auc_by_epsilon": {k: v["auc"] for k, v in runs.items()}, "runs": runs},
         "membership_inference": membership_inference(args, data_dir),
-        "secagg": secagg_timing(args.secagg_institutions, args.secagg_rounds, data_dir, args.seed),
+        "secagg": secagg_timing(
+            args.secagg_institutions, args.secagg_rounds, data_dir, args.seed, args.secagg_neighbourhood
+        ),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -297,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         f"SecAgg+ with {sa['institutions']} banks: {sa['round_seconds_secagg']:.2f} s per round vs "
         f"{sa['round_seconds_plain']:.2f} s plain ({sa['overhead']:.2f}x); AUC {sa['auc_secagg']:.4f} vs "
         f"{sa['auc_plain']:.4f}; normalization differs by at most {sa['normalization_max_abs_diff']:.2e}"
+    )
+    print(
+        f"  with {sa['neighbourhood_shares']} shares per institution (SecAgg+ neighbourhoods): "
+        f"{sa['round_seconds_secagg_neighbourhood']:.2f} s per round ({sa['overhead_neighbourhood']:.2f}x); "
+        f"AUC {sa['auc_secagg_neighbourhood']:.4f}"
     )
     print(
         "  coordinator's wait per message round: "

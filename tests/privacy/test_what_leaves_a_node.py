@@ -11,7 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from flwr.app import Context, Message
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
+from coordinator.secure_aggregation import MODULUS_RANGE
 from coordinator.server_app import RunSettings
 from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
 from federation.partition import TRAIN_FILE, write_partition
@@ -27,10 +31,13 @@ class CaptureReplies:
     def __call__(
         self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
+        secagg = msg.content.config_records.get(SECAGG_CONFIGS)
+        stage = None if secagg is None else str(secagg.get(Key.STAGE))  # read before the mods consume it
         reply = call_next(msg, ctxt)
         captured: dict[str, object] = {
             "node": ctxt.node_config.get("partition-id"),
             "type": msg.metadata.message_type,
+            "stage": stage,
         }
         if reply.has_content():
             content = reply.content
@@ -94,3 +101,25 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
     assert np.intersect1d(np.unique(np.concatenate([money, rates])), np.unique(sent_numbers)).size == 0
     # and far fewer numbers leave than the node holds
     assert sent_numbers.size < train.size
+
+    # every data-derived reply went through SecAgg+: what left was masked integers, uniform over
+    # the modulus, never the node's float update (stats round, 2 training rounds, reference round)
+    data_replies = [m for m in messages if m["type"] == "train"]
+    masked = [m for m in data_replies if m["stage"] == Stage.COLLECT_MASKED_VECTORS]
+    assert len(masked) == 3 * 4
+    assert all(m["stage"] is not None for m in data_replies)
+    assert not any(
+        np.issubdtype(np.asarray(a).dtype, np.floating) for m in data_replies for a in m.get("arrays", [])
+    )
+    vectors = [
+        bytes_to_ndarray(raw)
+        for m in masked
+        for v in m["values"]
+        if isinstance(v, list)
+        for raw in v
+        if isinstance(raw, bytes)
+    ]
+    assert vectors and all(np.issubdtype(a.dtype, np.integer) for a in vectors)
+    values = np.concatenate([a.ravel() for a in vectors]).astype(np.float64)
+    assert values.min() >= 0 and values.max() < MODULUS_RANGE
+    assert abs(values.mean() / MODULUS_RANGE - 0.5) < 0.05
