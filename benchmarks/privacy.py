@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain-rounds", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--secagg-institutions", type=int, default=10)
-    parser.add_argument("--secagg-rounds", type=int, default=4)
+    parser.add_argument("--secagg-rounds", type=int, default=8)
     parser.add_argument(
         "--secagg-neighbourhood", type=int, default=3, help="shares in the smaller-neighbourhood variant"
     )
