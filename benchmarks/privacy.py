@@ -60,7 +60,7 @@ WORK = Path("var/bench/privacy")
 
 
 def federate(
-    name: str, federation: Federation, epsilon: float | None, args: argparse.Namespace, **extra: Any
+    name: str, federation: Federation, epsilon: float | None, args: argparse.Namespace
 ) -> tuple[RunOutcome, RunSettings]:
     """One run on the simulation engine: the quality benchmark's settings, or DP-SGD at ``epsilon``."""
     nodes = with_policies(
@@ -76,7 +76,6 @@ def federate(
         test_path=federation.test_path,
         evaluate_on_nodes=False,
         run_id=f"privacy-{name}",
-        **extra,
     )
     if epsilon is not None:
         settings = replace(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from flwr.app import Message
+from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp.typing import Mod
@@ -18,7 +19,13 @@ from flwr.common import Context, NDArrays, Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 
 from clients.node_data import NodeData, load_node_data
-from clients.policy_guard import NodeConfigResolver, PolicyGuard, node_audit_url, node_engine
+from clients.policy_guard import (
+    NodeConfigResolver,
+    PolicyGuard,
+    instruction_config,
+    node_audit_url,
+    node_engine,
+)
 from federation import protocol as P
 from federation.loading import EncodedData, FeatureLayout
 from federation.metrics import score_metrics
@@ -196,7 +203,7 @@ def client_dp_clipping_mod(
     msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
 ) -> Message:
     """Flower's update clipping for runs under client-level DP (the last mod to touch the weights)."""
-    config = msg.content.config_records.get("fitins.config")
+    config = instruction_config(msg) if msg.metadata.message_type == MessageType.TRAIN else None
     if config is not None and P.CLIENT_DP_CLIPPING_NORM in config:
         return fixedclipping_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import flwr.compat.common.recorddict_compat as compat
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.app.message_type import MessageType
 from sqlalchemy.engine import Engine
 
@@ -76,9 +76,10 @@ def _verified_policy(
     return verified.policy
 
 
-def _carries_instructions(msg: Message) -> bool:
+def instruction_config(msg: Message) -> ConfigRecord | None:
+    """The coordinator's fit/evaluate config in ``msg``; None for a SecAgg+ key-exchange stage."""
     prefix = "fitins" if msg.metadata.message_type == MessageType.TRAIN else "evaluateins"
-    return f"{prefix}.config" in msg.content.config_records
+    return msg.content.config_records.get(f"{prefix}.config")
 
 
 def _config(msg: Message) -> Mapping[str, object]:
@@ -151,7 +152,7 @@ class PolicyGuard:
     ) -> Message:
         if msg.metadata.message_type not in (MessageType.TRAIN, MessageType.EVALUATE):
             return call_next(msg, ctxt)
-        if not _carries_instructions(msg):
+        if instruction_config(msg) is None:
             # a secure-aggregation key-exchange stage: no data is touched; the stage that
             # trains (and would send the masked update) carries the instructions and is checked
             return call_next(msg, ctxt)
