@@ -32,9 +32,12 @@ from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, local_moments
 from federation.privacy import DEFAULT_MAX_GRAD_NORM, epsilon_spent, plan_dp, train_local_dp
+from federation.shamir import install_into_flower
 from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
 from policies.budget import record_spend
 from policies.decisions import SignedRequest, TrainingRequest
+
+install_into_flower()  # SecAgg+ splits this node's secrets with federation.shamir
 
 
 class SchemaMismatchError(RuntimeError):

@@ -14,6 +14,7 @@ from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
 from clients.client_app import build_client_app
+from coordinator.prompt_pickup import install_prompt_pickup
 from coordinator.server_app import RoundCallback, RunOutcome, RunSettings, build_server_app
 from federation import protocol as P
 from policies.signing import generate_keypair, read_public_keys, sign_policy
@@ -158,6 +159,8 @@ def run_simulated_federation(
         raise ValueError(f"{len(nodes)} node(s), but the run needs at least {settings.min_institutions}")
     flower_environment()
     from flwr.simulation import run_simulation  # imports Ray: keep it off the CLI's start-up path
+
+    install_prompt_pickup()
 
     if quiet:
         logging.getLogger("flwr").setLevel(logging.ERROR)
