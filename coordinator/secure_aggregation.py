@@ -35,6 +35,12 @@ def shares_and_threshold(
     if institutions < 2:
         raise SecureAggregationError(f"secure aggregation needs at least 2 institutions, got {institutions}")
     used = institutions if shares is None else min(shares, institutions)
+    if used < institutions and used % 2 == 0:
+        # Flower 1.42 tells the nodes an even count, then widens the neighbourhood by one: nodes crash
+        raise SecureAggregationError(
+            f"{used} shares for {institutions} institutions: a share count below the number of "
+            "institutions must be odd"
+        )
     needed = threshold if threshold is not None else max(2, used // 2 + 1)
     if needed >= used and institutions > 2:
         raise SecureAggregationError(

@@ -13,8 +13,12 @@ encoding and the same share layout as ``flwr.common.secure_aggregation.crypto
 .shamir`` (4-byte little-endian index, then one 16-byte share per chunk of the
 PKCS#7-padded secret). Shares from either implementation combine with the
 other. Lagrange coefficients depend only on which indices are present, so they
-are computed once per set of indices, not per chunk; loops run over the bits of
-the public operand (share index or coefficient), never over secret bits.
+are computed once per set of indices, not per chunk; loops and branches run
+over the bits of the public operand (share index or coefficient), never over
+secret bits (Python integers are not constant-time; neither is pycryptodome).
+
+Stricter than pycryptodome: a share with index 0 (which would be the secret
+itself), shares of different lengths and an impossible threshold are refused.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def _inverse(value: int) -> int:
     return s0
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def lagrange_at_zero(indices: tuple[int, ...]) -> tuple[int, ...]:
     """The coefficients that give p(0) from p(x_1), ..., p(x_k) (subtraction is XOR here)."""
     coefficients = []
@@ -144,6 +148,13 @@ def install_into_flower() -> bool:
         return False
     node = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
     workflow = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
+    flowers = importlib.import_module("flwr.common.secure_aggregation.crypto.shamir")
+    # patch only names that are still Flower's own (or already ours): anything else is unknown code
+    if getattr(node, "create_shares", None) not in (flowers.create_shares, create_shares) or getattr(
+        workflow, "combine_shares", None
+    ) not in (flowers.combine_shares, combine_shares):
+        _log.warning("Flower's SecAgg+ modules are not as expected: keeping Flower's own Shamir sharing")
+        return False
     node.create_shares = create_shares  # type: ignore[attr-defined]
     workflow.combine_shares = combine_shares  # type: ignore[attr-defined]
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from queue import Queue
 from typing import Any
 
@@ -17,11 +18,11 @@ class _State:
     """The one LinkState call the pickup loop makes: pending messages for a node."""
 
     def __init__(self) -> None:
-        self.pending: dict[int, list[str]] = {1: [], 2: []}
+        self.pending: dict[int, deque[str]] = {1: deque(), 2: deque()}  # append/popleft are thread-safe
 
     def get_message_ins(self, node_id: int, limit: int) -> list[str]:
-        taken, self.pending[node_id] = self.pending[node_id][:limit], self.pending[node_id][limit:]
-        return taken
+        pending = self.pending[node_id]
+        return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
 
 def test_messages_reach_the_node_queue_within_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:

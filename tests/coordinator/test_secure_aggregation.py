@@ -39,6 +39,8 @@ def test_a_threshold_the_round_cannot_meet_is_refused() -> None:
         shares_and_threshold(4, 5, 4)
     with pytest.raises(SecureAggregationError, match="at least 2 institutions"):
         shares_and_threshold(1)
+    with pytest.raises(SecureAggregationError, match="must be odd"):
+        shares_and_threshold(6, 4)  # Flower 1.42 would crash every node
 
 
 def test_the_federation_policy_sets_the_run() -> None:

@@ -6,8 +6,10 @@ import importlib
 import itertools
 import os
 import random
+from collections.abc import Callable
 
 import pytest
+from Crypto.Protocol import SecretSharing
 from Crypto.Protocol.SecretSharing import _Element
 from flwr.common.secure_aggregation.crypto import shamir as flower_shamir
 
@@ -54,6 +56,27 @@ def test_every_split_draws_fresh_coefficients() -> None:
     secret = os.urandom(32)
     first, second = shamir.create_shares(secret, 3, 5), shamir.create_shares(secret, 3, 5)
     assert all(a != b for a, b in zip(first, second, strict=True))
+    # equal chunks get their own coefficients: a share must not reveal chunk_a XOR chunk_b
+    share = shamir.create_shares(bytes(16) * 2, 3, 5)[0]
+    assert share[4:20] != share[20:36]
+
+
+def test_same_random_bytes_give_byte_identical_shares_to_pycryptodome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same field, same polynomial, same encoding: with the same coefficients the shares are equal."""
+
+    def stream(seed: int) -> Callable[[int], bytes]:
+        rng = random.Random(seed)
+        return lambda n: rng.randbytes(n)
+
+    secret = b"mask seed"  # one chunk: Flower splits chunks on a thread pool, so only one is ordered
+    for threshold, num in [(2, 3), (6, 10), (9, 9)]:
+        monkeypatch.setattr(SecretSharing, "rng", stream(threshold))
+        monkeypatch.setattr(shamir.secrets, "token_bytes", stream(threshold))
+        assert shamir.create_shares(secret, threshold, num) == flower_shamir.create_shares(
+            secret, threshold, num
+        )
 
 
 def test_field_arithmetic_matches_pycryptodome() -> None:
@@ -90,5 +113,6 @@ def test_node_and_coordinator_make_flowers_secagg_use_it() -> None:
     importlib.import_module("coordinator.secure_aggregation")
     node = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
     workflow = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
-    assert node.create_shares is shamir.create_shares
-    assert workflow.combine_shares is shamir.combine_shares
+    # the names Flower's SecAgg+ code looks up when it runs
+    assert node._share_keys.__globals__["create_shares"] is shamir.create_shares
+    assert workflow.SecAggPlusWorkflow.unmask_stage.__globals__["combine_shares"] is shamir.combine_shares

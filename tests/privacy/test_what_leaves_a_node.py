@@ -18,8 +18,19 @@ from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 from coordinator.secure_aggregation import MODULUS_RANGE
 from coordinator.server_app import RunSettings
 from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
+from federation import protocol as P
+from federation.metrics import score_metrics
 from federation.partition import TRAIN_FILE, write_partition
 from federation.synthetic import generate_sme
+
+ALLOWED_METRICS = {
+    *score_metrics(np.array([0.0, 1.0]), np.array([0.2, 0.7])),
+    P.INSTITUTION,
+    P.TRAIN_LOSS,
+    P.EPSILON_SPENT,
+    "loss",  # Flower's own: the evaluation loss and the row count of a fit or evaluation
+    "num_examples",
+}
 
 
 class CaptureReplies:
@@ -44,11 +55,8 @@ class CaptureReplies:
             captured["arrays"] = [
                 a for rec in content.array_records.values() for a in rec.to_numpy_ndarrays()
             ]
-            captured["values"] = [
-                v
-                for rec in [*content.config_records.values(), *content.metric_records.values()]
-                for v in rec.values()
-            ]
+            captured["values"] = [v for rec in content.config_records.values() for v in rec.values()]
+            captured["metrics"] = {k: v for rec in content.metric_records.values() for k, v in rec.items()}
         else:
             captured["error"] = reply.error.reason
         (self.folder / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(captured))
@@ -76,6 +84,10 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
 
     messages = [pickle.loads(p.read_bytes()) for p in capture.glob("*.pkl")]
     assert len(messages) >= 3 * 4  # stats, 2 training rounds, reference (+ evaluations) per node
+    # metrics leave by design: only summaries of the node's holdout, under these names
+    metrics = [m.get("metrics", {}) for m in messages]
+    assert set().union(*metrics) <= ALLOWED_METRICS
+    metric_numbers = np.array([float(v) for ms in metrics for v in ms.values() if isinstance(v, int | float)])
     sent_numbers = np.concatenate(
         [np.asarray(a, dtype=np.float64).ravel() for m in messages for a in m.get("arrays", [])]
         + [np.array([float(v) for m in messages for v in m.get("values", []) if isinstance(v, int | float)])]
@@ -93,7 +105,9 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
         [train[c].to_numpy(dtype=np.float64) for c in ("monthly_revenue", "requested_amount")]
     )
     money = np.unique(np.concatenate([money, np.log1p(money)]))
-    assert np.intersect1d(money.astype(np.float32), np.unique(sent_numbers.astype(np.float32))).size == 0
+    everything = np.unique(np.concatenate([sent_numbers, metric_numbers]).astype(np.float32))
+    assert np.intersect1d(money.astype(np.float32), everything).size == 0
+    # a rate has 4 decimals; so can a metric (a default rate is k/400), so those are not compared
     rates = np.concatenate(
         [train[c].to_numpy(dtype=np.float64) for c in ("cashflow_volatility", "tax_compliance_rate")]
     )
