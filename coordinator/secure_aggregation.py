@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from flwr.server.workflow import SecAggPlusWorkflow
 
-from federation.shamir import install_into_flower
+from federation.flower_secagg import install_into_flower
 
-install_into_flower()  # the coordinator rebuilds secrets of SecAgg+ with federation.shamir
+install_into_flower()  # SecAgg+ at the coordinator: federation.shamir and federation.secure_masks
 
 MAX_ROWS_PER_NODE = 100_000.0  # a node with more rows must raise it (the precision falls with it)
 WEIGHT_CLIPPING_RANGE = 16.0

@@ -30,6 +30,7 @@ from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import RecordingStrategy, RoundLog
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from federation import protocol as P
+from federation.flower_secagg import mask_scheme
 from federation.loading import EncodedData, FeatureLayout, load_dataset
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
@@ -168,6 +169,7 @@ class Coordinator:
             P.SCHEMA_VERSION: self.schema.version,
             P.SEED: self.settings.seed,
             P.TRAINING_REQUEST: self.request.to_wire(),
+            **({P.SECAGG_MASKS: mask_scheme()} if self.settings.secure_aggregation else {}),
         }
 
     def _audit(self, action: str, resource: str, **fields: Any) -> None:

@@ -25,6 +25,7 @@ NORM_MEAN: Final = "norm-mean"
 NORM_STD: Final = "norm-std"
 MAX_GRAD_NORM: Final = "dp-max-grad-norm"
 CLIENT_DP_CLIPPING_NORM: Final = "clipping_norm"  # the key Flower's client-level DP wrapper sends
+SECAGG_MASKS: Final = "secagg-masks"  # how SecAgg+ masks are expanded (federation.flower_secagg)
 TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, canonical JSON bytes
 
 # metrics keys returned by nodes

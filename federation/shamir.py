@@ -23,19 +23,14 @@ itself), shares of different lengths and an impossible threshold are refused.
 
 from __future__ import annotations
 
-import importlib
-import logging
 import secrets
 from functools import lru_cache
 
-import flwr
 from Crypto.Util.Padding import pad, unpad
 
 FIELD_BITS = 128
 _LOW = (1 << FIELD_BITS) - 1
 _MODULUS = (1 << FIELD_BITS) | 0x87  # x^128 + x^7 + x^2 + x + 1
-_FLOWER_VERSION = "1.42.0"  # the version whose SecAgg+ modules install_into_flower patches
-_log = logging.getLogger(__name__)
 
 
 def _clmul(secret: int, public: int) -> int:
@@ -134,27 +129,3 @@ def combine_shares(share_list: list[bytes]) -> bytes:
         return unpad(bytes(padded), 16)
     except ValueError:
         raise ValueError("Failed to combine shares") from None
-
-
-def install_into_flower() -> bool:
-    """Make Flower's SecAgg+ node mod and coordinator workflow use this module.
-
-    Only for the Flower version the project pins (its modules are patched by
-    name); with any other version Flower's own implementation stays, which is
-    correct, only slower. Returns whether it was installed.
-    """
-    if flwr.__version__ != _FLOWER_VERSION:
-        _log.warning("Flower %s: SecAgg+ keeps Flower's own Shamir sharing", flwr.__version__)
-        return False
-    node = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-    workflow = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
-    flowers = importlib.import_module("flwr.common.secure_aggregation.crypto.shamir")
-    # patch only names that are still Flower's own (or already ours): anything else is unknown code
-    if getattr(node, "create_shares", None) not in (flowers.create_shares, create_shares) or getattr(
-        workflow, "combine_shares", None
-    ) not in (flowers.combine_shares, combine_shares):
-        _log.warning("Flower's SecAgg+ modules are not as expected: keeping Flower's own Shamir sharing")
-        return False
-    node.create_shares = create_shares  # type: ignore[attr-defined]
-    workflow.combine_shares = combine_shares  # type: ignore[attr-defined]
-    return True

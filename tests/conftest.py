@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 from federation.scenarios import DATA_DIR_ENV
 from federation.schema import Schema, resolve_schema
@@ -37,3 +39,12 @@ def fate_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip(f"UCI/FATE data not available: set {DATA_DIR_ENV}")
     return Path(value)
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """Flower stamps new messages with the running task's identity; a test has none."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)  # type: ignore[attr-defined]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved  # type: ignore[attr-defined]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,6 @@ from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, Parameters
 from flwr.compat.common.recorddict_compat import fitins_to_recorddict
-from flwr.supercore.task_identity import TaskIdentity
 from sqlmodel import Session
 
 from clients import policy_guard
@@ -30,12 +28,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 
 
 @pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Flower stamps new messages with the running task's identity; a test has none."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)  # type: ignore[attr-defined]
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved  # type: ignore[attr-defined]
+def _stamped_messages(task_identity: None) -> None:
+    """Every test here builds Flower messages."""
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import random
@@ -106,13 +105,3 @@ def test_malformed_shares_are_refused(shares: list[bytes], message: str) -> None
 def test_impossible_threshold_is_refused(threshold: int, num: int) -> None:
     with pytest.raises(ValueError, match="threshold"):
         shamir.create_shares(b"secret", threshold, num)
-
-
-def test_node_and_coordinator_make_flowers_secagg_use_it() -> None:
-    importlib.import_module("clients.client_app")
-    importlib.import_module("coordinator.secure_aggregation")
-    node = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-    workflow = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
-    # the names Flower's SecAgg+ code looks up when it runs
-    assert node._share_keys.__globals__["create_shares"] is shamir.create_shares
-    assert workflow.SecAggPlusWorkflow.unmask_stage.__globals__["combine_shares"] is shamir.combine_shares
