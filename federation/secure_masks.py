@@ -7,7 +7,7 @@ Every mask therefore comes from one of 2^32 streams. A coordinator that
 declares a node dropped out (nothing in the protocol lets the other nodes
 check) receives the shares of that node's pairwise-mask key; what then hides
 the node's update is its self mask, and 2^32 candidates for it can be tried
-on one machine (``benchmarks/shamir.py`` measures the cost of one try).
+on one machine (``benchmarks/secagg_crypto.py`` measures the cost of one try).
 
 ``pseudo_rand_gen`` here keeps Flower's signature and output (int64 arrays of
 the given shapes, uniform over ``[0, num_range)``), but the stream is

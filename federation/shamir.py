@@ -5,7 +5,7 @@ private key, 3 and 20 chunks of 16 bytes) with pycryptodome's ``Shamir``,
 whose GF(2^128) arithmetic is pure Python bit by bit and which redoes the
 Lagrange interpolation, with an inversion per share, for every chunk. On 10
 institutions that cost the coordinator about 0.1 s per round, and several
-seconds for larger federations (``benchmarks/shamir.py``).
+seconds for larger federations (``benchmarks/secagg_crypto.py``).
 
 This module computes the same thing faster: the same field (x^128 + x^7 + x^2
 + x + 1, integer bit i is the coefficient of x^i), the same 16-byte big-endian

@@ -1,9 +1,10 @@
-"""Shamir sharing in SecAgg+: Flower's implementation (pycryptodome) against federation.shamir.
+"""SecAgg+ cryptography: Flower's own functions against FedCredit's.
 
-    python benchmarks/shamir.py [--json FILE] [--repeats 5]
+    python benchmarks/secagg_crypto.py [--json FILE] [--repeats 5]
 
-For each federation size N (every institution holds a share, a majority
-rebuilds them, as coordinator/secure_aggregation.py sets by default):
+Shamir sharing, for each federation size N (every institution holds a share,
+a majority rebuilds them, as coordinator/secure_aggregation.py sets by
+default), seconds per round:
 
 - node: what one node splits per round, its 32-byte mask seed and its
   PEM-encoded private key (Flower's SecAgg+ key pair, generated here);
@@ -14,10 +15,16 @@ rebuilds them, as coordinator/secure_aggregation.py sets by default):
 
 federation.shamir caches the interpolation coefficients per set of share
 indices (the same for every node of a round); here every rebuild computes them
-afresh, the worst case.
+afresh, the worst case. The shares of both implementations are checked to
+rebuild the secrets.
 
-Seconds per round, best of --repeats; the shares of both implementations are
-checked to rebuild the secrets.
+Masks, for the shapes of the UCI model's trainable weights: seconds to expand
+one seed (Flower: Mersenne Twister from the seed folded to 32 bits;
+FedCredit: ChaCha20 from the whole seed), and what Flower's 32-bit seed means
+for an attacker: the time to test one candidate seed (seed NumPy's generator,
+draw four mask entries: enough to tell the right seed) and so to try all 2^32 on one core.
+
+Best of --repeats.
 """
 
 from __future__ import annotations
@@ -30,10 +37,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.common.secure_aggregation.crypto import shamir as flower_shamir
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as flower_masks
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
 
-from federation import shamir
+from coordinator.secure_aggregation import MODULUS_RANGE
+from federation import secure_masks, shamir
+from federation.loading import FeatureLayout
+from federation.model import FourDimensionModel, ModelConfig, trainable_weights
+from federation.schema import resolve_schema
 
 
 def _fresh_combine(shares: list[bytes]) -> bytes:
@@ -96,6 +109,28 @@ def measure(institutions: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+def measure_masks(repeats: int) -> dict[str, Any]:
+    model = FourDimensionModel(FeatureLayout.from_schema(resolve_schema("uci_homo")), ModelConfig())
+    shapes = [w.shape for w in trainable_weights(model)]
+    seed = os.urandom(44)  # a pairwise key as Flower passes it: 32 bytes, base64
+    guesses = 10_000
+
+    def try_seeds() -> None:
+        for candidate in range(guesses):
+            np.random.RandomState(candidate).randint(0, MODULUS_RANGE - 1, 4, dtype=np.int64)
+
+    per_guess = best_of(repeats, try_seeds) / guesses
+    return {
+        "model_parameters": int(sum(int(np.prod(s)) for s in shapes)),
+        "flower_mask_seconds": best_of(repeats, lambda: flower_masks(seed, MODULUS_RANGE, shapes)),
+        "fedcredit_mask_seconds": best_of(
+            repeats, lambda: secure_masks.pseudo_rand_gen(seed, MODULUS_RANGE, shapes)
+        ),
+        "flower_seed_guess_seconds": per_guess,
+        "flower_all_seeds_core_hours": per_guess * 2**32 / 3600,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     results = [measure(n, args.repeats) for n in args.institutions]
+    masks = measure_masks(args.repeats)
     stages = [
         ("node_split_seconds", "node split"),
         ("coordinator_rebuild_seeds_seconds", "rebuild all seeds"),
@@ -114,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         cells = [f"{r['flower'][key]:.4f} / {r['fedcredit'][key]:.4f}" for key, _ in stages]
         print(f"{r['institutions']:4d} {r['threshold']:3d} " + " ".join(f"{c:>38s}" for c in cells))
+    print(
+        f"\nmasks for the UCI model ({masks['model_parameters']} weights): Flower "
+        f"{masks['flower_mask_seconds'] * 1e3:.3f} ms, FedCredit {masks['fedcredit_mask_seconds'] * 1e3:.3f} ms "
+        f"per seed\nFlower's 32-bit seed: one guess {masks['flower_seed_guess_seconds'] * 1e6:.1f} us, "
+        f"all 2^32 in {masks['flower_all_seeds_core_hours']:.1f} core-hours"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"shamir": results}, indent=2), encoding="utf-8")
+        args.json.write_text(json.dumps({"shamir": results, "masks": masks}, indent=2), encoding="utf-8")
     return 0
 
 
