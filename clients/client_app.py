@@ -10,13 +10,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from flwr.app import Error, Message
+from flwr.app import Message
 from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
-from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp.typing import Mod
 from flwr.common import Context, NDArrays, Scalar
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 
 from clients.node_data import NodeData, load_node_data
 from clients.policy_guard import (
@@ -26,8 +25,9 @@ from clients.policy_guard import (
     node_audit_url,
     node_engine,
 )
+from clients.secure_aggregation_guard import SecureAggregationGuard
 from federation import protocol as P
-from federation.flower_secagg import install_into_flower, mask_scheme
+from federation.flower_secagg import install_into_flower
 from federation.loading import EncodedData, FeatureLayout
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
@@ -38,7 +38,6 @@ from policies.budget import record_spend
 from policies.decisions import SignedRequest, TrainingRequest
 
 install_into_flower()  # SecAgg+ at this node: federation.shamir and federation.secure_masks
-SECAGG_MISMATCH = 4091  # Error code: the coordinator's SecAgg+ masks differ from this node's
 
 
 class SchemaMismatchError(RuntimeError):
@@ -190,28 +189,8 @@ def build_client_app(resolve: NodeConfigResolver = node_config, outer_mods: Sequ
     # the policy check runs before SecAgg+: a refusal looks like a dropout to the protocol
     return ClientApp(
         client_fn=client_fn,
-        mods=[*outer_mods, PolicyGuard(resolve), secure_aggregation_mod, client_dp_clipping_mod],
+        mods=[*outer_mods, PolicyGuard(resolve), SecureAggregationGuard(resolve), client_dp_clipping_mod],
     )
-
-
-def secure_aggregation_mod(
-    msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
-) -> Message:
-    """Flower's SecAgg+ mod for the rounds the coordinator runs under SecAgg+, a pass-through otherwise.
-
-    Masks that node and coordinator expand differently would not cancel: the node
-    refuses the stage that would send its masked update instead.
-    """
-    if SECAGG_CONFIGS not in msg.content.config_records:
-        return call_next(msg, ctxt)
-    config = instruction_config(msg)
-    if config is not None and config.get(P.SECAGG_MASKS) != mask_scheme():
-        reason = (
-            f"the coordinator expands SecAgg+ masks with {config.get(P.SECAGG_MASKS)!s}, "
-            f"this node with {mask_scheme()}: the masks would not cancel"
-        )
-        return Message(Error(code=SECAGG_MISMATCH, reason=reason), reply_to=msg)
-    return secaggplus_mod(msg, ctxt, call_next)
 
 
 def client_dp_clipping_mod(

@@ -44,6 +44,12 @@ def node_engine(url: str) -> Engine:
     return create_audit_engine(url)
 
 
+def node_audit(cfg: Mapping[str, str]) -> tuple[str, Engine]:
+    """The node's institution name and its audit database."""
+    institution = cfg.get(P.NODE_NAME) or Path(cfg.get(P.NODE_DATA_PATH, "node")).name
+    return institution, node_engine(node_audit_url(cfg, institution))
+
+
 def _file_stamp(path: Path) -> tuple[int, int]:
     try:
         stat = path.stat()
@@ -96,8 +102,7 @@ class PolicyGuard:
 
     def decide(self, msg: Message, ctxt: Context) -> tuple[Decision | None, Refusal | None]:
         cfg = self.resolve(ctxt)
-        institution = cfg.get(P.NODE_NAME) or Path(cfg.get(P.NODE_DATA_PATH, "node")).name
-        engine = node_engine(node_audit_url(cfg, institution))
+        institution, engine = node_audit(cfg)
         actor = f"node:{institution}"
         try:
             policy = verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
