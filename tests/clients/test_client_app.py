@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
 
-from clients.client_app import CreditNodeClient, SchemaMismatchError
+from clients.client_app import CreditClientApp, CreditNodeClient, SchemaMismatchError, build_client_app
 from clients.node_data import load_node_data
+from coordinator.simulation import SimulatedNode, SimulatedNodeConfigs
 from federation import protocol as P
 from federation.errors import DataValidationError
 from federation.loading import FeatureLayout
@@ -109,3 +111,20 @@ def test_node_data_is_read_once_per_process(node_dir: Path) -> None:
 def test_empty_data_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match=r"no train\.csv in the node's data path"):
         load_node_data(tmp_path, "sme")
+
+
+def test_the_client_app_pickles_as_its_recipe() -> None:
+    """The simulation engine pickles the ClientApp with every message: it must stay small."""
+    nodes = [SimulatedNode(f"bank_{i}", Path(f"institutions/bank_{i}"), "uci_homo") for i in range(10)]
+    app = build_client_app(SimulatedNodeConfigs(nodes))
+    wire = cloudpickle.dumps(lambda: app)
+    assert len(wire) < 2_000  # Flower's closures: over 4 kB
+    copy = cloudpickle.loads(wire)()
+    assert isinstance(copy, CreditClientApp) and copy is not app
+    resolve, outer_mods = copy._recipe
+    assert resolve.configs == app._recipe[0].configs and outer_mods == ()
+    assert [type(m).__name__ for m in copy._mods] == [
+        "PolicyGuard",
+        "SecureAggregationGuard",
+        "function",
+    ]
