@@ -189,16 +189,16 @@ class CreditClientApp(ClientApp):
     Flower's closures took milliseconds per message, the recipe microseconds.
     """
 
-    def __init__(self, resolve: NodeConfigResolver, outer_mods: Sequence[Mod]) -> None:
+    def __init__(self, resolve: NodeConfigResolver, outer_mods: Sequence[Mod] = ()) -> None:
         self._recipe = (resolve, tuple(outer_mods))
-        # the policy check runs before SecAgg+: a refusal looks like a dropout to the protocol
-        super().__init__(
-            client_fn=partial(_client_fn, resolve),
-            mods=[*outer_mods, PolicyGuard(resolve), SecureAggregationGuard(resolve), client_dp_clipping_mod],
-        )
+        super().__init__(client_fn=partial(_client_fn, resolve), mods=self.mods(resolve, outer_mods))
 
-    def __reduce__(self) -> tuple[Callable[..., ClientApp], tuple[NodeConfigResolver, tuple[Mod, ...]]]:
-        return build_client_app, self._recipe
+    def mods(self, resolve: NodeConfigResolver, outer_mods: Sequence[Mod]) -> list[Mod]:
+        # the policy check runs before SecAgg+: a refusal looks like a dropout to the protocol
+        return [*outer_mods, PolicyGuard(resolve), SecureAggregationGuard(resolve), client_dp_clipping_mod]
+
+    def __reduce__(self) -> tuple[type[CreditClientApp], tuple[NodeConfigResolver, tuple[Mod, ...]]]:
+        return type(self), self._recipe
 
 
 def build_client_app(resolve: NodeConfigResolver = node_config, outer_mods: Sequence[Mod] = ()) -> ClientApp:

@@ -9,7 +9,7 @@ their audit logs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,13 +18,17 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, public_key_to_bytes
 from sqlmodel import Session
 
-import clients.client_app
 import coordinator.server_app
+import coordinator.simulation
+from clients.client_app import CreditClientApp
+from clients.policy_guard import NodeConfigResolver
+from clients.secure_aggregation_guard import SecureAggregationGuard
 from coordinator.server_app import RunSettings
 from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
 from federation import shamir
@@ -60,18 +64,23 @@ class CheatingWorkflow(SecAggPlusWorkflow):
         return False  # the round ends here: what matters is what the nodes handed over
 
 
-class FlowersOwnSecAgg:
-    """Flower's SecAgg+ node mod with nothing in front of it (picklable for Ray)."""
+def flowers_own_secagg(
+    msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Flower's SecAgg+ node mod with nothing in front of it."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
 
-    def __init__(self, _resolve: Any) -> None:
-        pass
 
-    def __call__(
-        self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
-        if RECORD_KEY_CONFIGS in msg.content.config_records:
-            return secaggplus_mod(msg, ctxt, call_next)
-        return call_next(msg, ctxt)
+class FlowersOwnSecAggApp(CreditClientApp):
+    """FedCredit's node with Flower's SecAgg+ mod in place of the guard (rebuilt as such in Ray's actors)."""
+
+    def mods(self, resolve: NodeConfigResolver, outer_mods: Sequence[Mod]) -> list[Mod]:
+        return [
+            flowers_own_secagg if isinstance(m, SecureAggregationGuard) else m
+            for m in super().mods(resolve, outer_mods)
+        ]
 
 
 def _cheat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Message], list[SimulatedNode]]:
@@ -102,7 +111,7 @@ def _cheat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Messag
 def test_flowers_own_node_mod_gives_a_lying_coordinator_both_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(clients.client_app, "SecureAggregationGuard", FlowersOwnSecAgg)
+    monkeypatch.setattr(coordinator.simulation, "build_client_app", FlowersOwnSecAggApp)
     replies, _ = _cheat(tmp_path, monkeypatch)
     seed_shares, key_shares = [], []
     for reply in replies:
