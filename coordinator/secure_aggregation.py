@@ -7,9 +7,10 @@ measures the error against the plain sum).
 
 from __future__ import annotations
 
+import flwr
 from flwr.server.workflow import SecAggPlusWorkflow
 
-from federation.flower_secagg import install_into_flower
+from federation.flower_secagg import FLOWER_VERSION, MASK_SCHEME, install_into_flower, mask_scheme
 
 install_into_flower()  # SecAgg+ at the coordinator: federation.shamir and federation.secure_masks
 
@@ -42,6 +43,10 @@ def shares_and_threshold(
             "institutions must be odd"
         )
     needed = threshold if threshold is not None else max(2, used // 2 + 1)
+    if needed < 2 or 2 * needed <= used:
+        raise SecureAggregationError(
+            f"reconstruction threshold {needed} of {used} shares: it must be at least 2 and more than half"
+        )
     if needed >= used and institutions > 2:
         raise SecureAggregationError(
             f"reconstruction threshold {needed} needs more than {used} share(s); "
@@ -58,6 +63,11 @@ def secagg_workflow(
     threshold: int | None = None,
     max_weight: float = MAX_ROWS_PER_NODE,
 ) -> SecAggPlusWorkflow:
+    if mask_scheme() != MASK_SCHEME:
+        raise SecureAggregationError(
+            f"Flower {flwr.__version__}: SecAgg+ would run with Flower's own 32-bit mask seeds; "
+            f"FedCredit runs it only with {MASK_SCHEME} (Flower {FLOWER_VERSION})"
+        )
     num_shares, reconstruction_threshold = shares_and_threshold(institutions, shares, threshold)
     return SecAggPlusWorkflow(
         num_shares=num_shares,

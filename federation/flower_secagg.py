@@ -20,7 +20,7 @@ import flwr
 from federation import secure_masks, shamir
 
 FLOWER_VERSION = "1.42.0"
-MASK_SCHEME = "chacha20-sha256-v1"  # what the coordinator announces; a node expanding masks otherwise refuses
+MASK_SCHEME = "chacha20-sha256-v1"  # the only scheme coordinator and nodes run SecAgg+ with
 FLOWER_MASK_SCHEME = "flower-mt19937-32bit"
 _log = logging.getLogger(__name__)
 
@@ -78,5 +78,7 @@ def install_into_flower() -> bool:
 
 def mask_scheme() -> str:
     """How this process's SecAgg+ expands mask seeds; coordinator and nodes must agree."""
-    node = importlib.import_module(_PATCHES[1][0])
-    return MASK_SCHEME if node.pseudo_rand_gen is secure_masks.pseudo_rand_gen else FLOWER_MASK_SCHEME
+    installed = all(
+        getattr(importlib.import_module(module), name, None) is new for module, name, _, new in _PATCHES
+    )
+    return MASK_SCHEME if installed else FLOWER_MASK_SCHEME

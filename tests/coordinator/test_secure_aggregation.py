@@ -41,6 +41,8 @@ def test_a_threshold_the_round_cannot_meet_is_refused() -> None:
         shares_and_threshold(1)
     with pytest.raises(SecureAggregationError, match="must be odd"):
         shares_and_threshold(6, 4)  # Flower 1.42 would crash every node
+    with pytest.raises(SecureAggregationError, match="more than half"):
+        shares_and_threshold(9, None, 2)  # two disjoint pairs of nodes could each rebuild a secret
 
 
 def test_the_federation_policy_sets_the_run() -> None:

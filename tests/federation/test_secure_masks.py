@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
 import pytest
+from Crypto.Cipher import ChaCha20
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as flower_masks
 
 from coordinator.secure_aggregation import MODULUS_RANGE
@@ -37,17 +39,25 @@ def test_every_byte_of_the_seed_counts_unlike_flowers_32_bit_fold() -> None:
     twin = bytearray(seed)
     twin[0] ^= 1
     twin[4] ^= 1
-    twin_seed = bytes(twin)
-    flower_a, flower_b = (
-        flower_masks(seed, MODULUS_RANGE, [(64,)]),
-        flower_masks(twin_seed, MODULUS_RANGE, [(64,)]),
-    )
-    assert np.array_equal(flower_a[0], flower_b[0])  # the weakness this module removes
-    ours_a, ours_b = (
-        pseudo_rand_gen(seed, MODULUS_RANGE, [(64,)]),
-        pseudo_rand_gen(twin_seed, MODULUS_RANGE, [(64,)]),
-    )
-    assert not np.array_equal(ours_a[0], ours_b[0])
+    assert np.array_equal(
+        flower_masks(seed, MODULUS_RANGE, [(64,)])[0], flower_masks(bytes(twin), MODULUS_RANGE, [(64,)])[0]
+    )  # the weakness this module removes
+    reference = pseudo_rand_gen(seed, MODULUS_RANGE, [(64,)])[0]
+    for i in range(len(seed)):
+        flipped = bytearray(seed)
+        flipped[i] ^= 0x80
+        assert not np.array_equal(pseudo_rand_gen(bytes(flipped), MODULUS_RANGE, [(64,)])[0], reference)
+
+
+def test_the_stream_is_chacha20_of_the_hashed_seed_and_runs_on_across_arrays() -> None:
+    """Known answer from an independent ChaCha20 (pycryptodome, RFC 7539, counter 0, zero nonce)."""
+    seed = os.urandom(44)  # a pairwise key as Flower passes it: 32 bytes, base64
+    key = hashlib.sha256(b"fedcredit secagg+ mask v1" + seed).digest()
+    stream = ChaCha20.new(key=key, nonce=bytes(12)).encrypt(bytes(8 * 30))
+    expected = np.frombuffer(stream, dtype="<u8") & np.uint64(MODULUS_RANGE - 1)
+    masks = pseudo_rand_gen(seed, MODULUS_RANGE, [(4, 5), (), (9,)])
+    assert np.array_equal(np.concatenate([m.ravel() for m in masks]), expected.astype(np.int64))
+    assert not np.array_equal(masks[0].ravel()[:9], masks[2])  # each array has its own part of the stream
 
 
 @pytest.mark.parametrize(
