@@ -2,7 +2,8 @@
 
 Flower's node mod and coordinator workflow look these functions up by name
 when they run; this points those names at ``federation.shamir`` (faster, same
-shares) and ``federation.secure_masks`` (masks from the whole seed). Node and
+shares) and ``federation.secure_masks`` (masks from the whole seed), and makes
+the node parse its private key once per stage rather than once per neighbour. Node and
 coordinator both call ``install_into_flower`` when their module is imported,
 so they expand masks the same way. Only the Flower version the project pins
 is patched; with any other version nothing changes and the caller is told.
@@ -13,9 +14,12 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import flwr
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key
 
 from federation import secure_masks, shamir
 
@@ -23,6 +27,16 @@ FLOWER_VERSION = "1.42.0"
 MASK_SCHEME = "chacha20-sha256-v1"  # the only scheme coordinator and nodes run SecAgg+ with
 FLOWER_MASK_SCHEME = "flower-mt19937-32bit"
 _log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def parsed_private_key(private_key_bytes: bytes) -> ec.EllipticCurvePrivateKey:
+    """Flower's ``bytes_to_private_key``, remembered: a node used to parse its key for every neighbour.
+
+    SecAgg+ draws new keys every round; four entries hold one round's two keys of two nodes.
+    """
+    return bytes_to_private_key(private_key_bytes)
+
 
 # (module, name, Flower's original as "module:name", replacement)
 _PATCHES: list[tuple[str, str, str, Callable[..., Any]]] = [
@@ -37,6 +51,12 @@ _PATCHES: list[tuple[str, str, str, Callable[..., Any]]] = [
         "pseudo_rand_gen",
         "flwr.common.secure_aggregation.secaggplus_utils:pseudo_rand_gen",
         secure_masks.pseudo_rand_gen,
+    ),
+    (
+        "flwr.client.mod.secure_aggregation.secaggplus_mod",
+        "bytes_to_private_key",
+        "flwr.supercore.primitives.asymmetric:bytes_to_private_key",
+        parsed_private_key,
     ),
     (
         "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
