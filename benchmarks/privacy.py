@@ -19,7 +19,7 @@ worst case: the highest AUC over banks and attacks (0.5 = reveals nothing).
 
 secagg: the UCI training rows re-split into 10 banks; the same training (one
 local epoch per round, the quality benchmark's settings) with and without
-SecAgg+; seconds per fit round (mean over rounds 2..R, the first round
+SecAgg+; seconds per fit round (median, and mean, over rounds 2..R, the first round
 includes Ray's warm-up), the coordinator's wait for each message round (SecAgg+
 has four per training round: setup, share keys, collect masked vectors,
 unmask), the same with --secagg-neighbourhood shares per institution instead
@@ -229,14 +229,16 @@ def secagg_timing(
         assert (
             outcome.model is not None and outcome.test_labels is not None and outcome.test_scores is not None
         )
-        out[f"round_seconds_{label}"] = float(np.mean([r["fit_seconds"] for r in outcome.log.central[1:]]))
+        seconds = [r["fit_seconds"] for r in outcome.log.central[1:]]
+        out[f"round_seconds_{label}"] = float(np.median(seconds))
+        out[f"round_seconds_{label}_mean"] = float(np.mean(seconds))
         # training rounds 2..R: skip the normalization round, round 1, evaluations and the reference round
         stages = [w for w in _TimedGrid.waits if w[0] != "evaluate"]
         per_round = 4 if secure else 1
         training = stages[per_round : per_round * (rounds + 1)][per_round:]
         for stage in dict.fromkeys(s for s, _ in training):
             out["message_round_seconds"][f"{label}:{stage}"] = float(
-                np.mean([t for s, t in training if s == stage])
+                np.median([t for s, t in training if s == stage])
             )
         out[f"auc_{label}"] = score_metrics(outcome.test_labels, outcome.test_scores)["auc"]
         models[label] = outcome.model
@@ -251,47 +253,17 @@ def secagg_timing(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
-    parser.add_argument("--dp-rounds", type=int, default=40)
-    parser.add_argument("--dp-batch", type=int, default=1024)
-    parser.add_argument("--dp-lr", type=float, default=2e-2)
-    parser.add_argument("--dp-hidden", type=int, default=16)
-    parser.add_argument("--max-grad-norm", type=float, default=0.5)
-    parser.add_argument("--plain-rounds", type=int, default=15)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--secagg-institutions", type=int, default=10)
-    parser.add_argument("--secagg-rounds", type=int, default=8)
-    parser.add_argument(
-        "--secagg-neighbourhood", type=int, default=3, help="shares in the smaller-neighbourhood variant"
-    )
-    parser.add_argument("--mia-sizes", type=float, nargs="+", default=[0.6, 0.25, 0.12, 0.03])
-    parser.add_argument("--mia-references", type=int, default=8)
-    args = parser.parse_args(argv)
-    data_dir = fate_data_dir(args.data_dir)
-    shutil.rmtree(WORK, ignore_errors=True)
-    runs = {"inf": accuracy_run(None, args, data_dir)} | {
-        f"{e:g}": accuracy_run(e, args, data_dir) for e in args.epsilons
-    }
-    result = {
-        "uci_homo": {"auc_by_epsilon": {k: v["auc"] for k, v in runs.items()}, "runs": runs},
-        "membership_inference": membership_inference(args, data_dir),
-        "secagg": secagg_timing(
-            args.secagg_institutions, args.secagg_rounds, data_dir, args.seed, args.secagg_neighbourhood
-        ),
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+PARTS = ("uci_homo", "membership_inference", "secagg")
+
+
+def print_accuracy(runs: dict[str, Any]) -> None:
     print(f"\n{'epsilon':>8s} {'test AUC':>9s} {'spent (max over banks)':>24s}")
     for k, v in runs.items():
         spent = max(v["epsilon_spent"].values(), default=0.0)
         print(f"{k:>8s} {v['auc']:9.4f} {('-' if k == 'inf' else f'{spent:.3f}'):>24s}")
-    mi = result["membership_inference"]
+
+
+def print_membership(mi: dict[str, Any]) -> None:
     print(
         f"\nmembership inference (attack AUC, 0.5 = nothing revealed; test AUC no DP "
         f"{mi['runs']['no_dp']['auc']:.4f}, epsilon 3 {mi['runs']['eps3']['auc']:.4f})"
@@ -310,23 +282,82 @@ def main(argv: list[str] | None = None) -> int:
         f"{mi['smallest_attack_auc_eps3']:.4f} (lowered by "
         f"{mi['smallest_attack_auc_no_dp'] - mi['smallest_attack_auc_eps3']:+.4f})"
     )
-    sa = result["secagg"]
+
+
+def print_secagg(sa: dict[str, Any]) -> None:
     print(
-        f"SecAgg+ with {sa['institutions']} banks: {sa['round_seconds_secagg']:.2f} s per round vs "
-        f"{sa['round_seconds_plain']:.2f} s plain ({sa['overhead']:.2f}x); AUC {sa['auc_secagg']:.4f} vs "
-        f"{sa['auc_plain']:.4f}; normalization differs by at most {sa['normalization_max_abs_diff']:.2e}"
+        f"SecAgg+ with {sa['institutions']} banks, median of {sa['rounds'] - 1} rounds (mean): "
+        f"{sa['round_seconds_secagg']:.3f} s ({sa['round_seconds_secagg_mean']:.3f}) per round vs "
+        f"{sa['round_seconds_plain']:.3f} s ({sa['round_seconds_plain_mean']:.3f}) plain, "
+        f"{sa['overhead']:.2f}x ({sa['round_seconds_secagg_mean'] / sa['round_seconds_plain_mean']:.2f}x); "
+        f"AUC {sa['auc_secagg']:.4f} vs {sa['auc_plain']:.4f}; "
+        f"normalization differs by at most {sa['normalization_max_abs_diff']:.2e}"
     )
     print(
         f"  with {sa['neighbourhood_shares']} shares per institution (SecAgg+ neighbourhoods): "
-        f"{sa['round_seconds_secagg_neighbourhood']:.2f} s per round ({sa['overhead_neighbourhood']:.2f}x); "
+        f"{sa['round_seconds_secagg_neighbourhood']:.3f} s ({sa['round_seconds_secagg_neighbourhood_mean']:.3f}) "
+        f"per round, {sa['overhead_neighbourhood']:.2f}x; "
         f"AUC {sa['auc_secagg_neighbourhood']:.4f}"
     )
     print(
-        "  coordinator's wait per message round: "
+        "  coordinator's wait per message round (median): "
         + ", ".join(f"{k} {v:.3f} s" for k, v in sa["message_round_seconds"].items())
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument("--dp-rounds", type=int, default=40)
+    parser.add_argument("--dp-batch", type=int, default=1024)
+    parser.add_argument("--dp-lr", type=float, default=2e-2)
+    parser.add_argument("--dp-hidden", type=int, default=16)
+    parser.add_argument("--max-grad-norm", type=float, default=0.5)
+    parser.add_argument("--plain-rounds", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--secagg-institutions", type=int, default=10)
+    parser.add_argument("--secagg-rounds", type=int, default=20)
+    parser.add_argument(
+        "--secagg-neighbourhood", type=int, default=3, help="shares in the smaller-neighbourhood variant"
+    )
+    parser.add_argument("--mia-sizes", type=float, nargs="+", default=[0.6, 0.25, 0.12, 0.03])
+    parser.add_argument("--mia-references", type=int, default=8)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="measure only these (e.g. --parts secagg to rerun the timing alone)",
+    )
+    args = parser.parse_args(argv)
+    data_dir = fate_data_dir(args.data_dir)
+    shutil.rmtree(WORK, ignore_errors=True)
+    result: dict[str, Any] = {}
+    if "uci_homo" in args.parts:
+        runs = {"inf": accuracy_run(None, args, data_dir)} | {
+            f"{e:g}": accuracy_run(e, args, data_dir) for e in args.epsilons
+        }
+        result["uci_homo"] = {"auc_by_epsilon": {k: v["auc"] for k, v in runs.items()}, "runs": runs}
+    if "membership_inference" in args.parts:
+        result["membership_inference"] = membership_inference(args, data_dir)
+    if "secagg" in args.parts:
+        result["secagg"] = secagg_timing(
+            args.secagg_institutions, args.secagg_rounds, data_dir, args.seed, args.secagg_neighbourhood
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if "uci_homo" in result:
+        print_accuracy(result["uci_homo"]["runs"])
+    if "membership_inference" in result:
+        print_membership(result["membership_inference"])
+    if "secagg" in result:
+        print_secagg(result["secagg"])
     print(f"wrote {args.json}")
-    return 0 if not math.isnan(result["uci_homo"]["auc_by_epsilon"]["inf"]) else 1
+    return 1 if "uci_homo" in result and math.isnan(result["uci_homo"]["auc_by_epsilon"]["inf"]) else 0
 
 
 if __name__ == "__main__":
