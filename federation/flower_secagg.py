@@ -3,10 +3,11 @@
 Flower's node mod and coordinator workflow look these functions up by name
 when they run; this points those names at ``federation.shamir`` (faster, same
 shares) and ``federation.secure_masks`` (masks from the whole seed), and makes
-the node parse its private key once per stage rather than once per neighbour. Node and
-coordinator both call ``install_into_flower`` when their module is imported,
-so they expand masks the same way. Only the Flower version the project pins
-is patched; with any other version nothing changes and the caller is told.
+the node parse its private key once per stage rather than once per
+neighbour. Node and coordinator both call ``install_into_flower`` when their
+module is imported. Only the Flower version the project pins is patched; with
+any other version nothing is patched, ``mask_scheme()`` says so, and the
+coordinator refuses to run SecAgg+ and the nodes refuse its masks.
 """
 
 from __future__ import annotations
