@@ -37,7 +37,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
 from clients.policy_guard import NodeConfigResolver, instruction_config, node_audit
 from federation import protocol as P
-from federation.flower_secagg import MASK_SCHEME, mask_scheme
+from federation.flower_secagg import MASK_SCHEME, mask_scheme, threshold_problem
 from policies.audit import record
 from policies.decisions import SignedRequest
 
@@ -54,15 +54,6 @@ def dropout_list_problem(node_id: int, active: Sequence[int], dropped: Sequence[
         return f"node(s) {both} are listed both as finished and as dropped out"
     if node_id in dropped:
         return "this node sent its masked update but is listed as dropped out"
-    return None
-
-
-def threshold_problem(shares: object, threshold: object) -> str | None:
-    """Why a SecAgg+ setup's share count and threshold do not protect a node's secrets; None if they do."""
-    if not isinstance(shares, int) or not isinstance(threshold, int):
-        return None  # Flower's own checks refuse other types
-    if threshold < 2 or threshold > shares or 2 * threshold <= shares:
-        return f"reconstruction threshold {threshold} of {shares} shares: it must be at least 2 and more than half"
     return None
 
 
@@ -104,7 +95,10 @@ class SecureAggregationGuard:
             return None
         stage = secagg.get(Key.STAGE)
         if stage == Stage.SETUP:
-            problem = threshold_problem(secagg.get(Key.SHARE_NUMBER), secagg.get(Key.THRESHOLD))
+            shares, threshold = secagg.get(Key.SHARE_NUMBER), secagg.get(Key.THRESHOLD)
+            if not isinstance(shares, int) or not isinstance(threshold, int):
+                return None  # Flower's own checks refuse other types
+            problem = threshold_problem(shares, threshold)
             return None if problem is None else ("deny.secagg_weak_threshold", problem)
         if stage == Stage.UNMASK:
             active, dropped = secagg.get(Key.ACTIVE_NODE_ID_LIST), secagg.get(Key.DEAD_NODE_ID_LIST)
@@ -122,7 +116,7 @@ class SecureAggregationGuard:
                 f"both must be {MASK_SCHEME}",
             )
         update = f"{config.get(P.PHASE)!s}/round-{config.get(P.ROUND, '-')!s}"
-        answered = ctxt.state.config_records.setdefault(_ANSWERED, ConfigRecord({"updates": [""]}))
+        answered = ctxt.state.config_records.setdefault(_ANSWERED, ConfigRecord({"updates": []}))
         sent = cast(list[str], answered["updates"])
         if update in sent:
             return "deny.secagg_repeated_update", f"this node already sent its masked update for {update}"

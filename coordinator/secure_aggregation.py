@@ -10,7 +10,13 @@ from __future__ import annotations
 import flwr
 from flwr.server.workflow import SecAggPlusWorkflow
 
-from federation.flower_secagg import FLOWER_VERSION, MASK_SCHEME, install_into_flower, mask_scheme
+from federation.flower_secagg import (
+    FLOWER_VERSION,
+    MASK_SCHEME,
+    install_into_flower,
+    mask_scheme,
+    threshold_problem,
+)
 
 install_into_flower()  # SecAgg+ at the coordinator: federation.shamir and federation.secure_masks
 
@@ -43,15 +49,14 @@ def shares_and_threshold(
             "institutions must be odd"
         )
     needed = threshold if threshold is not None else max(2, used // 2 + 1)
-    if needed < 2 or 2 * needed <= used:
-        raise SecureAggregationError(
-            f"reconstruction threshold {needed} of {used} shares: it must be at least 2 and more than half"
-        )
     if needed >= used and institutions > 2:
         raise SecureAggregationError(
             f"reconstruction threshold {needed} needs more than {used} share(s); "
             f"{institutions} institution(s) are in the round"
         )
+    problem = threshold_problem(used, needed)
+    if problem is not None:
+        raise SecureAggregationError(problem)
     # Flower takes an integer share count only above 2; 1.0 means "all of them"
     return (1.0 if used <= 2 else used), needed
 

@@ -30,6 +30,16 @@ FLOWER_MASK_SCHEME = "flower-mt19937-32bit"
 _log = logging.getLogger(__name__)
 
 
+def threshold_problem(shares: int, threshold: int) -> str | None:
+    """Why a share count and reconstruction threshold do not protect a node's secrets; None if they do.
+
+    Below 2, one share is the secret; at half or less, two disjoint groups of nodes could each rebuild it.
+    """
+    if threshold < 2 or threshold > shares or 2 * threshold <= shares:
+        return f"reconstruction threshold {threshold} of {shares} shares: it must be at least 2 and more than half"
+    return None
+
+
 @lru_cache(maxsize=4)
 def parsed_private_key(private_key_bytes: bytes) -> ec.EllipticCurvePrivateKey:
     """Flower's ``bytes_to_private_key``, remembered: a node used to parse its key for every neighbour.

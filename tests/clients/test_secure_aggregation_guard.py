@@ -16,10 +16,9 @@ from clients.secure_aggregation_guard import (
     SECAGG_REFUSED,
     SecureAggregationGuard,
     dropout_list_problem,
-    threshold_problem,
 )
 from federation import protocol as P
-from federation.flower_secagg import FLOWER_MASK_SCHEME, MASK_SCHEME
+from federation.flower_secagg import FLOWER_MASK_SCHEME, MASK_SCHEME, threshold_problem
 from policies.audit import create_audit_engine, entries
 from tests.clients.test_client_app import request_bytes
 

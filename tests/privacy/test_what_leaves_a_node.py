@@ -55,8 +55,18 @@ class CaptureReplies:
             captured["arrays"] = [
                 a for rec in content.array_records.values() for a in rec.to_numpy_ndarrays()
             ]
-            captured["values"] = [v for rec in content.config_records.values() for v in rec.values()]
-            captured["metrics"] = {k: v for rec in content.metric_records.values() for k, v in rec.items()}
+            # Flower's legacy replies carry fit/evaluate metrics in config records named "*.metrics"
+            metric_records = [
+                *content.metric_records.values(),
+                *(rec for name, rec in content.config_records.items() if name.endswith(".metrics")),
+            ]
+            captured["metrics"] = {k: v for rec in metric_records for k, v in rec.items()}
+            captured["values"] = [
+                v
+                for name, rec in content.config_records.items()
+                if not name.endswith(".metrics")
+                for v in rec.values()
+            ]
         else:
             captured["error"] = reply.error.reason
         (self.folder / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(captured))
@@ -86,7 +96,7 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
     assert len(messages) >= 3 * 4  # stats, 2 training rounds, reference (+ evaluations) per node
     # metrics leave by design: only summaries of the node's holdout, under these names
     metrics = [m.get("metrics", {}) for m in messages]
-    assert set().union(*metrics) <= ALLOWED_METRICS
+    assert {"auc", P.TRAIN_LOSS} <= set().union(*metrics) <= ALLOWED_METRICS
     metric_numbers = np.array([float(v) for ms in metrics for v in ms.values() if isinstance(v, int | float)])
     sent_numbers = np.concatenate(
         [np.asarray(a, dtype=np.float64).ravel() for m in messages for a in m.get("arrays", [])]
