@@ -63,8 +63,10 @@ def federate(
     name: str, federation: Federation, epsilon: float | None, args: argparse.Namespace
 ) -> tuple[RunOutcome, RunSettings]:
     """One run on the simulation engine: the quality benchmark's settings, or DP-SGD at ``epsilon``."""
+    # each node seeds its own DP noise (node config dp-seed) so that the figures can be rerun;
+    # the report says so per round ("dp_noise"); a real node draws it from its own secret randomness
     nodes = with_policies(
-        [SimulatedNode(n, p, "uci_homo") for n, p in federation.institutions.items()],
+        [SimulatedNode(n, p, "uci_homo", dp_seed=args.seed) for n, p in federation.institutions.items()],
         WORK / name,
         use_examples=False,
     )
@@ -75,7 +77,7 @@ def federate(
         min_institutions=len(federation.institutions),
         test_path=federation.test_path,
         evaluate_on_nodes=False,
-        run_id=f"privacy-{name}",
+        demo_keys=True,  # the simulation's policies accept the published demo coordinator key
     )
     if epsilon is not None:
         settings = replace(
@@ -221,7 +223,7 @@ def secagg_timing(
             min_institutions=institutions,
             test_path=federation.test_path,
             evaluate_on_nodes=False,
-            run_id=f"secagg-{label}",
+            demo_keys=True,
             secure_aggregation=secure,
             secure_aggregation_shares=shares,
         )

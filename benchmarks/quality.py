@@ -85,6 +85,7 @@ def uci_homo(data_dir: Path | None, rounds: int, seed: int) -> dict[str, Any]:
         min_institutions=3,
         test_path=federation.test_path,
         evaluate_on_nodes=False,
+        demo_keys=True,  # the simulation's policies accept the published demo coordinator key
     )
     _, fed_metrics, seconds = _federate(nodes, settings)
     banks = {
@@ -134,7 +135,12 @@ def sme_replicate(institutions: int, rows: int, rounds: int, seed: int) -> dict[
     test_path = root / "test.csv"
     test_frame.to_csv(test_path, index=False)
     settings = RunSettings(
-        schema="sme", rounds=rounds, seed=seed, min_institutions=institutions, test_path=test_path
+        schema="sme",
+        rounds=rounds,
+        seed=seed,
+        min_institutions=institutions,
+        test_path=test_path,
+        demo_keys=True,
     )
     model, fed_metrics, seconds = _federate(nodes, settings)
 

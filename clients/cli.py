@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 
 from clients.node_data import load_node_data
+from clients.policy_guard import node_record
 from federation.errors import FedCreditError
-from policies.audit import create_audit_engine, record
+from policies.audit import create_audit_engine, var_dir
 from policies.documents import InstitutionPolicy, PolicyError
-from policies.signing import key_id, read_public_keys, verify_policy
+from policies.signing import key_id, load_private_key, public_key_text, read_public_keys, verify_policy
 
 console = Console()
 node_app = typer.Typer(help="Checks an institution runs on its own node.", no_args_is_help=True)
@@ -25,18 +26,27 @@ def node_check(
     trust: Annotated[
         Path, typer.Option(help="Public key(s) trusted to sign the policy (.pub file or folder).")
     ],
+    node_key: Annotated[
+        Path,
+        typer.Option(
+            help="The institution's Ed25519 private key (node config 'node-key'): signs its replies and audit log."
+        ),
+    ],
     schema: Annotated[str, typer.Option(help="Schema name or TOML file.")] = "sme",
     audit_db: Annotated[
         str, typer.Option(envvar="DATABASE_URL", help="The node's audit database.")
-    ] = "sqlite:///var/audit/node.db",
+    ] = f"sqlite:///{var_dir() / 'audit' / 'node.db'}",
 ) -> None:
     """Refuse to start a node whose policy or data is not valid: run before `flower-supernode`.
 
-    Exit code 0 when the policy verifies (signed, trusted, unmodified, in force) and the
-    data satisfies the schema and the policy's minimum records; 2 otherwise. Audited either way.
+    Exit code 0 when the policy verifies (signed, trusted, unmodified, in force), the node
+    key loads, and the data satisfies the schema and the policy's minimum records; 2
+    otherwise. Audited either way (the log's head signed with the node key when it loads).
     """
     engine = create_audit_engine(audit_db)
+    key = None
     try:
+        key = load_private_key(node_key)
         verified = verify_policy(policy, read_public_keys(trust))
         if not isinstance(verified.policy, InstitutionPolicy):
             raise PolicyError(
@@ -48,8 +58,9 @@ def node_check(
                 f"{data_path}: {len(data.train)} records, the policy requires {verified.policy.min_local_records}"
             )
     except (FedCreditError, PolicyError) as exc:
-        record(
+        node_record(
             engine,
+            key,
             actor="node",
             action="node.check",
             resource=str(policy),
@@ -59,8 +70,9 @@ def node_check(
         console.print(f"[bold red]refused to start:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from exc
     p = verified.policy
-    record(
+    node_record(
         engine,
+        key,
         actor=f"node:{p.institution}",
         action="node.check",
         resource=str(policy),
@@ -69,6 +81,7 @@ def node_check(
     )
     console.print(
         f"[green]ready[/]: {p.institution} under {p.header.id} v{p.header.version} (signed by {key_id(verified.signed_by)}), "
-        f"{len(data.train)} training rows, schema {data.schema.name} {data.schema.version}",
+        f"{len(data.train)} training rows, schema {data.schema.name} {data.schema.version}, "
+        f"node key {key_id(public_key_text(key.public_key()))}",
         highlight=False,
     )

@@ -6,11 +6,13 @@ secure-aggregation mod (SecAgg+) works only with that API.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Message
 from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
@@ -25,6 +27,7 @@ from clients.policy_guard import (
     instruction_config,
     node_audit_url,
     node_engine,
+    node_key,
 )
 from clients.secure_aggregation_guard import SecureAggregationGuard
 from federation import protocol as P
@@ -36,7 +39,9 @@ from federation.normalization import NormStats, local_moments
 from federation.privacy import DEFAULT_MAX_GRAD_NORM, epsilon_spent, plan_dp, train_local_dp
 from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
 from policies.budget import record_spend
+from policies.contributions import EVALUATE
 from policies.decisions import SignedRequest, TrainingRequest
+from policies.identity import Attestation
 
 install_into_flower()  # SecAgg+ at this node: federation.shamir and federation.secure_masks
 
@@ -51,18 +56,33 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
 
 
 class CreditNodeClient(NumPyClient):
-    """Trains the shared model on one institution's rows; only weights and aggregates leave."""
+    """Trains the shared model on one institution's rows; only weights and aggregates leave.
 
-    def __init__(self, node: NodeData, audit_url: str = "") -> None:
+    Every reply carries the institution's signature (``policies.identity``): the
+    coordinator attributes it to the member whose key signed it. DP noise comes from
+    the node's own secret randomness unless its own configuration sets ``dp-seed``.
+    """
+
+    def __init__(
+        self,
+        node: NodeData,
+        key: Ed25519PrivateKey,
+        node_id: int,
+        audit_url: str = "",
+        dp_seed: int | None = None,
+    ) -> None:
         self.node = node
+        self.key = key
+        self.node_id = node_id
         self.audit_url = audit_url
+        self.dp_seed = dp_seed
 
     @staticmethod
-    def _request(config: Mapping[str, Scalar]) -> TrainingRequest:
+    def _signed(config: Mapping[str, Scalar]) -> SignedRequest:
         raw = config.get(P.TRAINING_REQUEST)
         if not isinstance(raw, bytes):
             raise ValueError("the message carries no signed training request")
-        return SignedRequest.from_wire(raw).request
+        return SignedRequest.from_wire(raw)
 
     def _data(self, request: TrainingRequest, holdout: bool = False) -> EncodedData | None:
         """The node's rows restricted to the features the (already permitted) request names."""
@@ -91,73 +111,104 @@ class CreditNodeClient(NumPyClient):
         load_trainable_weights(model, parameters)
         return model
 
+    def _metrics(self, signed: SignedRequest, kind: str, round_: int) -> dict[str, Scalar]:
+        attestation = Attestation(self.node.institution, signed.digest, kind, round_, self.node_id)
+        return {P.INSTITUTION: self.node.institution, P.ATTESTATION: attestation.sign(self.key)}
+
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         raise RuntimeError("the coordinator provides initial parameters; nodes never originate them")
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         self._check_schema(config)
-        request = self._request(config)
+        signed = self._signed(config)
+        request = signed.request
         train = self._data(request)
         assert train is not None
-        if config[P.PHASE] == P.PHASE_STATS:
+        phase = str(config[P.PHASE])
+        if phase == P.PHASE_STATS:
             return (
                 [local_moments(train.numeric).astype(np.float64)],
                 len(train),
-                {P.INSTITUTION: self.node.institution},
+                self._metrics(signed, phase, 0),
             )
         model = self._model(parameters, config, train.layout)
-        if config[P.PHASE] == P.PHASE_REFERENCE:
-            return [mean_raw_contributions(model, train)], len(train), {P.INSTITUTION: self.node.institution}
+        if phase == P.PHASE_REFERENCE:
+            return [mean_raw_contributions(model, train)], len(train), self._metrics(signed, phase, 0)
         settings = TrainConfig(
             epochs=int(config[P.EPOCHS]),
             batch_size=int(config[P.BATCH_SIZE]),
             learning_rate=float(config[P.LEARNING_RATE]),
             proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),
         )
-        seed = (
-            int(config[P.SEED]) * 100_003 + int(config[P.ROUND]) * 101 + _stable_hash(self.node.institution)
-        )
-        metrics: dict[str, Scalar] = {P.INSTITUTION: self.node.institution}
+        server_round = int(config[P.ROUND])
+        metrics = self._metrics(signed, P.PHASE_TRAIN, server_round)
         if request.epsilon is None:
+            # no DP: the seed only orders the batches, so a run repeats bit for bit
+            seed = int(config[P.SEED]) * 100_003 + server_round * 101 + _stable_hash(self.node.institution)
             metrics[P.TRAIN_LOSS] = train_local(model, train, settings, seed=seed)
         else:
-            plan = plan_dp(
-                request.epsilon,
-                request.delta,
-                len(train),
-                settings.batch_size,
-                settings.epochs,
-                request.rounds,
+            metrics[P.TRAIN_LOSS], metrics[P.EPSILON_SPENT] = self._train_dp(
+                model,
+                train,
+                settings,
+                request,
+                server_round,
                 float(config.get(P.MAX_GRAD_NORM, DEFAULT_MAX_GRAD_NORM)),
             )
-            metrics[P.TRAIN_LOSS] = train_local_dp(model, train, settings, plan, seed=seed)
-            server_round = int(config[P.ROUND])
-            spent = epsilon_spent(plan, server_round)
-            metrics[P.EPSILON_SPENT] = spent
-            if self.audit_url:
-                record_spend(
-                    node_engine(self.audit_url),
-                    institution=self.node.institution,
-                    run_id=request.run_id,
-                    planned=request.epsilon,
-                    spent=spent,
-                    delta=request.delta,
-                    rounds_done=server_round,
-                )
+            metrics[P.DP_NOISE] = P.DP_NOISE_SECRET if self.dp_seed is None else P.DP_NOISE_SEEDED
         # under client-level DP every institution weighs the same: the noise is calibrated to that
         weight = 1 if P.CLIENT_DP_CLIPPING_NORM in config else len(train)
         return trainable_weights(model), weight, metrics
+
+    def _train_dp(
+        self,
+        model: FourDimensionModel,
+        train: EncodedData,
+        settings: TrainConfig,
+        request: TrainingRequest,
+        server_round: int,
+        max_grad_norm: float,
+    ) -> tuple[float, float]:
+        """One DP-SGD round, entered in the privacy ledger before any gradient is computed."""
+        assert request.epsilon is not None
+        plan = plan_dp(
+            request.epsilon,
+            request.delta,
+            len(train),
+            settings.batch_size,
+            settings.epochs,
+            request.rounds,
+            max_grad_norm,
+        )
+        spent = epsilon_spent(plan, server_round)
+        if self.audit_url:
+            spent = record_spend(
+                node_engine(self.audit_url),
+                institution=self.node.institution,
+                run_id=request.run_id,
+                round_=server_round,
+                planned=request.epsilon,
+                delta=request.delta,
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps=plan.steps_per_round,
+                sign_with=self.key,
+            )
+        # the noise generator is seeded from the node's own randomness, never from the message
+        seed = secrets.randbits(63) if self.dp_seed is None else self.dp_seed * 1_000_003 + server_round
+        return train_local_dp(model, train, settings, plan, seed=seed), spent
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
         self._check_schema(config)
-        data = self._data(self._request(config), holdout=True)
+        signed = self._signed(config)
+        metrics = self._metrics(signed, EVALUATE, int(config.get(P.ROUND, 0)))
+        data = self._data(signed.request, holdout=True)
         if data is None or data.label is None or len(data) == 0:
-            return 0.0, 0, {P.INSTITUTION: self.node.institution}
+            return 0.0, 0, metrics
         p = predict_proba(self._model(parameters, config, data.layout), data)
-        metrics: dict[str, Scalar] = dict(score_metrics(data.label, p))
-        metrics[P.INSTITUTION] = self.node.institution
+        metrics.update(score_metrics(data.label, p))
         return _log_loss(data.label, p), len(data), metrics
 
 
@@ -178,8 +229,16 @@ def _client_fn(resolve: NodeConfigResolver, context: Context) -> Client:
         raise ValueError(
             f"node config lacks {missing}; start the node with --node-config 'data-path=... schema=...'"
         )
+    key = node_key(cfg)
+    if key is None:
+        raise ValueError(
+            f"node config lacks {P.NODE_KEY!r}: the institution's private key, which signs what the node sends"
+        )
     node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
-    return CreditNodeClient(node, node_audit_url(cfg, node.institution)).to_client()
+    seed = cfg.get(P.NODE_DP_SEED)
+    return CreditNodeClient(
+        node, key, context.node_id, node_audit_url(cfg, node.institution), None if seed is None else int(seed)
+    ).to_client()
 
 
 class CreditClientApp(ClientApp):

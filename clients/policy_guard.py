@@ -14,28 +14,34 @@ Before every training, evaluation or statistics message the guard
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.app.message_type import MessageType
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from clients.node_data import CACHED_NODES, load_node_data
 from federation import protocol as P
-from policies.audit import create_audit_engine, record
+from policies.audit import append, create_audit_engine, sign_head, var_dir
 from policies.budget import spent_elsewhere
+from policies.contributions import EVALUATE, TRAIN, claim_contribution
 from policies.decisions import Decision, Refusal, SignedRequest, evaluate_training
 from policies.documents import InstitutionPolicy, PolicyError
-from policies.signing import manifest_paths, read_public_keys, verify_policy
+from policies.signing import load_private_key, manifest_paths, read_public_keys, verify_policy
 
 POLICY_DENIED = 4030  # Error code of a refusal by the node's policy
 NodeConfigResolver = Callable[[Context], Mapping[str, str]]
 
 
 def node_audit_url(cfg: Mapping[str, str], institution: str) -> str:
-    return cfg.get(P.NODE_AUDIT_DB) or f"sqlite:///var/audit/node-{institution}.db"
+    return cfg.get(P.NODE_AUDIT_DB) or f"sqlite:///{var_dir() / 'audit' / f'node-{institution}.db'}"
 
 
 @lru_cache(maxsize=CACHED_NODES)
@@ -48,6 +54,52 @@ def node_audit(cfg: Mapping[str, str]) -> tuple[str, Engine]:
     """The node's institution name and its audit database."""
     institution = cfg.get(P.NODE_NAME) or Path(cfg.get(P.NODE_DATA_PATH, "node")).name
     return institution, node_engine(node_audit_url(cfg, institution))
+
+
+@lru_cache(maxsize=CACHED_NODES)
+def _load_node_key(path: str) -> Ed25519PrivateKey:
+    return load_private_key(path)
+
+
+def node_key(cfg: Mapping[str, str]) -> Ed25519PrivateKey | None:
+    """The institution's own signing key (node config ``node-key``): signs its replies and audit heads."""
+    path = cfg.get(P.NODE_KEY, "")
+    return _load_node_key(path) if path else None
+
+
+def node_record(engine: Engine, key: Ed25519PrivateKey | None, **fields: Any) -> None:
+    """Append one audit entry and sign the new head with the node's key, in one transaction."""
+    with Session(engine) as session:
+        append(session, **fields)
+        if key is not None:
+            sign_head(session, key)
+        session.commit()
+
+
+def contribution_of(msg: Message, config: Mapping[str, object]) -> tuple[str, int]:
+    """What the message asks the node to send, and for which round (0: once per run)."""
+    round_ = config.get(P.ROUND, 0)
+    round_ = round_ if isinstance(round_, int) and not isinstance(round_, bool) else -1
+    if msg.metadata.message_type == MessageType.EVALUATE:
+        return EVALUATE, round_
+    phase = config.get(P.PHASE)
+    if phase == P.PHASE_TRAIN:
+        return TRAIN, round_
+    return (str(phase), 0) if phase in (P.PHASE_STATS, P.PHASE_REFERENCE) else (str(phase), round_)
+
+
+def _refusal(
+    key: Ed25519PrivateKey | None,
+    msg: Message,
+    institution: str,
+    rules: tuple[str, ...],
+    reasons: tuple[str, ...],
+    policy_sha256: str = "",
+    input_sha256: str = "",
+) -> Refusal:
+    """A refusal the coordinator can attribute: signed with the node's key when it has one."""
+    refusal = Refusal(institution, rules, reasons, policy_sha256, input_sha256, msg.metadata.dst_node_id)
+    return refusal.signed(key) if key is not None else refusal
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:
@@ -103,27 +155,31 @@ class PolicyGuard:
     def decide(self, msg: Message, ctxt: Context) -> tuple[Decision | None, Refusal | None]:
         cfg = self.resolve(ctxt)
         institution, engine = node_audit(cfg)
+        key = node_key(cfg)
         actor = f"node:{institution}"
         try:
             policy = verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
         except PolicyError as exc:
-            record(
+            node_record(
                 engine,
+                key,
                 actor=actor,
                 action="node.policy.load",
                 resource=cfg.get(P.NODE_POLICY, ""),
                 decision="deny",
                 rules=["deny.no_valid_policy"],
             )
-            return None, Refusal(institution, ("deny.no_valid_policy",), (str(exc),))
-        raw = _config(msg).get(P.TRAINING_REQUEST)
+            return None, _refusal(key, msg, institution, ("deny.no_valid_policy",), (str(exc),))
+        config = _config(msg)
+        raw = config.get(P.TRAINING_REQUEST)
         try:
             if not isinstance(raw, bytes):
                 raise ValueError("the message carries no signed training request")
             signed = SignedRequest.from_wire(raw)
         except ValueError as exc:
-            record(
+            node_record(
                 engine,
+                key,
                 actor=actor,
                 action="train.decide",
                 resource="?",
@@ -131,25 +187,57 @@ class PolicyGuard:
                 rules=["deny.no_request"],
                 policy_sha256=policy.sha256,
             )
-            return None, Refusal(institution, ("deny.no_request",), (str(exc),), policy.sha256)
+            return None, _refusal(key, msg, institution, ("deny.no_request",), (str(exc),), policy.sha256)
         records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
         decision = evaluate_training(
-            policy, signed, records, epsilon_spent_elsewhere=spent_elsewhere(engine, signed.request.run_id)
+            policy,
+            signed,
+            records,
+            epsilon_spent_elsewhere=spent_elsewhere(engine, institution, signed.request.run_id),
         )
-        record(
-            engine,
-            actor=actor,
-            action=f"{msg.metadata.message_type}.decide",
-            resource=signed.request.run_id,
-            decision=decision.effect,
-            rules=decision.rules,
-            policy_sha256=decision.policy_sha256,
-            input_sha256=decision.input_sha256,
-        )
+        kind, round_ = contribution_of(msg, config)
+        with Session(engine) as session:
+            try:
+                problem = (
+                    claim_contribution(
+                        session,
+                        institution=institution,
+                        signed=signed,
+                        kind=kind,
+                        round_=round_,
+                        max_age_minutes=policy.max_request_age_minutes,
+                    )
+                    if decision.allowed
+                    else None
+                )
+            except IntegrityError:
+                session.rollback()
+                problem = ("deny.contribution_repeated", f"{kind} {round_} was claimed concurrently")
+            if problem is not None:
+                decision = replace(decision, allowed=False, rules=(problem[0],), reasons=(problem[1],))
+            append(
+                session,
+                actor=actor,
+                action=f"{msg.metadata.message_type}.decide",
+                resource=f"{signed.request.run_id}/{kind}" + (f"/round-{round_}" if round_ else ""),
+                decision=decision.effect,
+                rules=decision.rules,
+                policy_sha256=decision.policy_sha256,
+                input_sha256=decision.input_sha256,
+            )
+            if key is not None:
+                sign_head(session, key)
+            session.commit()
         if decision.allowed:
             return decision, None
-        return decision, Refusal(
-            institution, decision.rules, decision.reasons, decision.policy_sha256, decision.input_sha256
+        return decision, _refusal(
+            key,
+            msg,
+            institution,
+            decision.rules,
+            decision.reasons,
+            decision.policy_sha256,
+            decision.input_sha256,
         )
 
     def __call__(

@@ -35,10 +35,9 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
-from clients.policy_guard import NodeConfigResolver, instruction_config, node_audit
+from clients.policy_guard import NodeConfigResolver, instruction_config, node_audit, node_key, node_record
 from federation import protocol as P
 from federation.flower_secagg import MASK_SCHEME, mask_scheme, threshold_problem
-from policies.audit import record
 from policies.decisions import SignedRequest
 
 SECAGG_REFUSED = 4091  # Error code: the node refuses this SecAgg+ stage
@@ -72,9 +71,11 @@ class SecureAggregationGuard:
         self.resolve = resolve
 
     def _refuse(self, msg: Message, ctxt: Context, rule: str, reason: str) -> Message:
-        institution, engine = node_audit(self.resolve(ctxt))
-        record(
+        cfg = self.resolve(ctxt)
+        institution, engine = node_audit(cfg)
+        node_record(
             engine,
+            node_key(cfg),
             actor=f"node:{institution}",
             action="secagg.stage",
             resource=f"round-{msg.metadata.group_id}",

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from clients.cli import node_app
 from coordinator.federation_policy import (
+    DEMO_COORDINATOR_KEY,
     DEMO_FEDERATION_POLICY,
     DEMO_FEDERATION_TRUST,
-    load_federation_policy,
+    EXAMPLES,
+    Asked,
+    apply_federation_policy,
+    check_members,
+    demo_key_name,
+    public_key_of,
+    verify_federation_policy,
 )
 from federation.errors import FedCreditError
 from federation.loading import encode_frame, load_dataset, read_table
@@ -30,16 +37,29 @@ from federation.schema import dump_schema, resolve_schema
 from federation.scoring import score
 from federation.synthetic import generate_sme
 from federation.training import TrainConfig
+from policies.audit import describe_db_error, mask_passwords, var_dir
 from policies.cli import register as register_policy_commands
 from policies.documents import FederationPolicy, PolicyError
+from policies.signing import generate_keypair
 
+if TYPE_CHECKING:  # Flower loads only when a federation actually runs
+    from coordinator.server_app import RunSettings
+    from coordinator.simulation import SimulatedNode
+
+# Never print local variables in a traceback: they hold passwords, keys and applicants' data.
+# (Typer applies the root app's setting to every sub-command.)
 app = typer.Typer(
     help="FedCredit: train a four-dimension credit-risk model across institutions without pooling data.",
     no_args_is_help=True,
     rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
 )
-data_app = typer.Typer(help="Generate, check and split datasets.", no_args_is_help=True)
-schema_app = typer.Typer(help="Inspect dataset schemas.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Generate, check and split datasets.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
+schema_app = typer.Typer(
+    help="Inspect dataset schemas.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 app.add_typer(data_app, name="data")
 app.add_typer(schema_app, name="schema")
 register_policy_commands(app)
@@ -60,65 +80,37 @@ class StrategyChoice(StrEnum):
     fedprox = "fedprox"
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
+DATASET_SCHEMAS = {DatasetChoice.sme: "sme", DatasetChoice.uci: "uci_homo"}
+
+
+EXPECTED_ERRORS = (FedCreditError, PolicyError, OSError, SQLAlchemyError)
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc`` as one line fit to print: a database error as the driver's first line (never the
+    SQL or its parameters), and any password in a URL masked."""
+    if isinstance(exc, SQLAlchemyError):
+        return f"database: {describe_db_error(exc)}"
+    text = ""
+    for line in (raw.strip().removeprefix("- ") for raw in str(exc).splitlines()):
+        if line:
+            text += line if not text else (" " if text.endswith(":") else "; ") + line
+    return mask_passwords(text or type(exc).__name__)
+
+
+def _fail(exc: BaseException | str) -> typer.Exit:
+    """One line on stderr (never wrapped, never markup), exit code 2."""
+    typer.echo(f"error: {exc if isinstance(exc, str) else error_line(exc)}", err=True)
     return typer.Exit(code=2)
 
 
-def _new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
 def _run_federation(
-    federation: Federation,
-    run_dir: Path,
-    run_id: str,
-    rounds: int,
-    strategy: str,
-    seed: int,
-    local_epochs: int,
-    purpose: str = "credit_underwriting",
-    min_institutions: int = 3,
-    epsilon: float | None = None,
-    secure_aggregation: bool = True,
-    federation_policy: FederationPolicy | None = None,
+    federation: Federation, settings: RunSettings, nodes: list[SimulatedNode], run_dir: Path
 ) -> dict[str, object]:
     # Flower and Ray load only when a federation actually runs
-    from coordinator.federation_policy import apply_federation_policy
     from coordinator.report import write_report
-    from coordinator.server_app import RunSettings
-    from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
+    from coordinator.simulation import run_simulated_federation
 
-    settings = RunSettings(
-        schema=federation.schema,
-        rounds=rounds,
-        strategy=strategy,
-        train=TrainConfig(epochs=local_epochs),
-        model=ModelConfig(),
-        seed=seed,
-        min_institutions=min(min_institutions, len(federation.institutions)),
-        test_path=federation.test_path,
-        run_id=run_id,
-        purpose=purpose,
-        epsilon=epsilon,
-        secure_aggregation=secure_aggregation,
-    )
-    if federation_policy is not None:
-        settings = apply_federation_policy(settings, federation_policy)
-        console.print(
-            f"federation policy {federation_policy.header.id} v{federation_policy.header.version}: "
-            f"{settings.strategy}, at least {settings.min_institutions} institutions, "
-            f"secure aggregation {'on' if settings.secure_aggregation else 'off'}"
-            + (
-                f", client-level DP (noise x{settings.client_dp.noise_multiplier:g})"
-                if settings.client_dp
-                else ""
-            )
-        )
-    nodes = with_policies(
-        [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
-        run_dir,
-    )
     started = time.perf_counter()
     with Progress(
         TextColumn("[bold]federated training"),
@@ -128,7 +120,7 @@ def _run_federation(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("train", total=rounds, auc="starting Flower simulation...")
+        task = progress.add_task("train", total=settings.rounds, auc="starting Flower simulation...")
 
         def on_round(server_round: int, metrics: dict[str, float]) -> None:
             progress.update(task, completed=server_round, auc=f"test AUC {metrics['auc']:.4f}")
@@ -136,7 +128,7 @@ def _run_federation(
         outcome = run_simulated_federation(nodes, settings, on_round=on_round)
     return write_report(
         run_dir,
-        run_id,
+        settings.run_id,
         settings,
         outcome,
         {"seconds": round(time.perf_counter() - started, 2), "dataset": federation.schema},
@@ -144,6 +136,8 @@ def _run_federation(
 
 
 def _print_report(report: dict[str, object], run_dir: Path) -> None:
+    if report.get("demo"):
+        console.print(f"[bold yellow]{report['demo']}[/]", highlight=False)
     final = report.get("final_test_metrics") or {}
     assert isinstance(final, dict)
     failures = report.get("failures") or []
@@ -187,8 +181,26 @@ def simulate(
         typer.Option(help="sme: synthetic small businesses; uci: UCI Taiwan (FATE homo split)."),
     ] = DatasetChoice.sme,
     institutions: Annotated[int, typer.Option(min=2, help="Number of institutions (nodes).")] = 5,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
-    strategy: Annotated[StrategyChoice, typer.Option(help="Aggregation strategy.")] = StrategyChoice.fedavg,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Federated rounds [default: 10, or the federation policy's].", show_default=False
+        ),
+    ] = None,
+    strategy: Annotated[
+        StrategyChoice | None,
+        typer.Option(
+            help="Aggregation strategy [default: fedavg, or the federation policy's].", show_default=False
+        ),
+    ] = None,
+    min_institutions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Institutions each round needs [default: 3 (or all, when fewer), or the federation policy's].",
+            show_default=False,
+        ),
+    ] = None,
     rows: Annotated[
         int, typer.Option(min=1000, help="sme only: borrowers to generate across all institutions.")
     ] = 30_000,
@@ -209,48 +221,155 @@ def simulate(
         ),
     ] = None,
     secure_aggregation: Annotated[
-        bool, typer.Option(help="SecAgg+: the coordinator sees only the sum of the institutions' updates.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--secure-aggregation/--no-secure-aggregation",
+            help="SecAgg+: the coordinator sees only the sum of the institutions' updates "
+            "[default: on, or as the federation policy says].",
+            show_default=False,
+        ),
+    ] = None,
     federation_policy: Annotated[
         Path | None,
         typer.Option(
-            help="Signed federation policy that sets strategy, minimum institutions, secure aggregation and DP."
+            help="Signed federation policy: sets members, strategy, rounds, minimum institutions, "
+            "secure aggregation and DP; an option given that conflicts with it is an error."
         ),
     ] = None,
     trust: Annotated[
         Path | None, typer.Option(help="Public key file or folder trusted to sign the federation policy.")
     ] = None,
+    coordinator_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Private key that signs the training requests [default: var/keys/sandbox_coordinator.key, made on first use; "
+            "with a federation policy, the demo coordinator's].",
+            show_default=False,
+        ),
+    ] = None,
+    allow_demo_keys: Annotated[
+        bool,
+        typer.Option(
+            "--allow-demo-keys",
+            help="Run with FedCredit's published demo keys (policies/examples/keys), which anyone can "
+            "sign with: for demos only; the report says DEMO.",
+        ),
+    ] = False,
 ) -> None:
     """Run a federated training on Flower's simulation engine and write a run report under var/runs/<id>/."""
-    run_id = _new_run_id()
+    from coordinator.server_app import RunSettings, new_run_id
+    from coordinator.simulation import SimulatedNode, members_of, with_policies
+
+    run_id = new_run_id()
     run_dir = RUNS_DIR / run_id
+    asked = Asked(strategy.value if strategy else None, rounds, min_institutions, secure_aggregation, epsilon)
     try:
-        policy = None
+        policy, signer = None, None
         if federation_policy is not None:
             if trust is None:
                 raise PolicyError(
                     "--federation-policy needs --trust: the key(s) its signature is checked against"
                 )
-            policy = load_federation_policy(federation_policy, trust)
+            policy, signer = verify_federation_policy(federation_policy, trust)
+        planned = [p.name for p in institution_profiles(institutions)] if dataset is DatasetChoice.sme else []
+        key = coordinator_key or (DEMO_COORDINATOR_KEY if policy is not None else None)
+        coordinator = public_key_of(key) if key is not None else None
+        # the example institution policies accept only the demo coordinator's requests
+        use_examples = coordinator is not None and demo_key_name(coordinator) == "demo_coordinator"
+        settings = RunSettings(
+            schema=DATASET_SCHEMAS[dataset],
+            rounds=asked.rounds or 10,
+            strategy=asked.strategy or StrategyChoice.fedavg.value,
+            train=TrainConfig(epochs=local_epochs),
+            model=ModelConfig(),
+            seed=seed,
+            min_institutions=asked.min_institutions or min(3, institutions),
+            run_id=run_id,
+            epsilon=asked.epsilon,
+            secure_aggregation=asked.secure_aggregation is not False,
+            demo_keys=_demo_keys_in_use(
+                allow_demo_keys, key, coordinator, federation_policy, signer, planned, use_examples
+            ),
+        )
+        if policy is not None:  # everything the policy decides is checked before any data is made
+            settings = apply_federation_policy(settings, policy, asked, planned, coordinator)
+            _print_policy(policy, settings)
         if dataset is DatasetChoice.sme:
             federation = sme_federation(run_dir, institutions, rows, seed=seed, label_skew_alpha=label_skew)
         else:
             federation = uci_federation(run_dir, institutions, data_dir=data_dir, seed=seed)
-        report = _run_federation(
-            federation,
+            if policy is not None:
+                check_members(policy, federation.institutions)
+        if key is None:  # the operator's own sandbox: one coordinator key, made on first use
+            key = sandbox_coordinator_key()
+            coordinator = public_key_of(key)
+        settings = replace(settings, coordinator_key=key, test_path=federation.test_path)
+        nodes = with_policies(
+            [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
             run_dir,
-            run_id,
-            rounds,
-            strategy.value,
-            seed,
-            local_epochs,
-            epsilon=epsilon,
-            secure_aggregation=secure_aggregation,
-            federation_policy=policy,
+            use_examples=use_examples,
+            coordinator_key=coordinator,
         )
-    except (FedCreditError, FileNotFoundError, ValueError, PolicyError) as exc:
+        if policy is None:  # the operator's own sandbox: its nodes are the members
+            settings = replace(settings, members=members_of(nodes))
+        report = _run_federation(federation, settings, nodes, run_dir)
+    except (FedCreditError, PolicyError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     _print_report(report, run_dir)
+
+
+def sandbox_coordinator_key() -> Path:
+    """The coordinator key of the operator's own simulations (``var/keys/sandbox_coordinator.key``).
+
+    Made once, so every sandbox run's audit heads verify against one public key.
+    """
+    keys = var_dir() / "keys"
+    if not (keys / "sandbox_coordinator.key").is_file():
+        generate_keypair(keys, "sandbox_coordinator", comment="made by fedcredit simulate for sandbox runs")
+    return keys / "sandbox_coordinator.key"
+
+
+def _print_policy(policy: FederationPolicy, settings: RunSettings) -> None:
+    console.print(
+        f"federation policy {policy.header.id} v{policy.header.version}: "
+        f"{settings.strategy}, {settings.rounds} rounds, at least {settings.min_institutions} institutions, "
+        f"secure aggregation {'on' if settings.secure_aggregation else 'off'}"
+        + (
+            f", client-level DP (noise x{settings.client_dp.noise_multiplier:g})"
+            if settings.client_dp
+            else ""
+        ),
+        highlight=False,
+    )
+
+
+def _demo_keys_in_use(
+    allowed: bool,
+    key: Path | None,
+    coordinator: str | None,
+    federation_policy: Path | None,
+    signer: str | None,
+    institutions: list[str],
+    use_examples: bool,
+) -> bool:
+    """Whether the run uses the published demo keys; an error unless ``allowed`` (--allow-demo-keys):
+    anyone can sign with them."""
+    found = []
+    if coordinator is not None and (name := demo_key_name(coordinator)):
+        found.append(f"the coordinator key {key} is the demo key {name}")
+    if signer is not None and (name := demo_key_name(signer)):
+        found.append(f"the federation policy {federation_policy} is trusted via the demo key {name}")
+    examples = [n for n in institutions if use_examples and (EXAMPLES / f"{n}.toml").is_file()]
+    if examples:
+        found.append(f"the example policies of {', '.join(examples)} are signed with demo keys")
+    if found and not allowed:
+        raise PolicyError(
+            "refusing FedCredit's published demo keys, which anyone can sign with: "
+            + "; ".join(found)
+            + ". Pass --allow-demo-keys for a demo run, or use your own keys "
+            "(`fedcredit keys generate`, then --coordinator-key and --trust)"
+        )
+    return bool(found)
 
 
 def _resolve_model_path(model: str) -> Path:
@@ -284,11 +403,20 @@ def score_command(
     """Score applicants with a trained model: probability of default, points, and each dimension's part."""
     try:
         model_path = _resolve_model_path(model)
-        net, meta = load_model(model_path)
-        data = load_dataset(
-            applicants, resolve_schema(schema or meta["schema"]), require_label=False, min_rows=1
-        )
-    except (FedCreditError, FileNotFoundError, ValueError) as exc:
+        try:
+            net, meta = load_model(model_path)
+        except (OSError, ValueError):
+            raise
+        except Exception as exc:  # torch raises several unrelated types for a file that is not a model
+            raise FedCreditError(f"{model_path}: not a FedCredit model file ({type(exc).__name__})") from None
+        used = resolve_schema(schema or meta["schema"])
+        data = load_dataset(applicants, used, require_label=False, min_rows=1)
+        if data.layout != net.layout:
+            raise FedCreditError(
+                f"{applicants}: read under schema {used.name} {used.version}, the applicants do not fit "
+                f"the model {model_path} (trained under schema {meta['schema']}); score under the model's schema"
+            )
+    except (FedCreditError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     result = score(net, data)
     rows = [result.row(i) for i in range(len(result.ids))]
@@ -314,23 +442,23 @@ def score_command(
 
 @app.command()
 def demo(
-    rounds: Annotated[int, typer.Option(min=1)] = 10,
+    rounds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Rounds [default: the consortium policy's 10].", show_default=False),
+    ] = None,
     rows: Annotated[int, typer.Option(min=1000)] = 30_000,
 ) -> None:
-    """End-to-end demo: 5 institutions train on synthetic SME data, then the grocery couple is scored."""
+    """End-to-end demo: 5 institutions train on synthetic SME data, then the grocery couple is scored.
+    Uses the published demo keys, and says so."""
     console.rule("FedCredit demo: 5 institutions, synthetic small-business data")
     simulate(
         dataset=DatasetChoice.sme,
         institutions=5,
         rounds=rounds,
-        strategy=StrategyChoice.fedavg,
         rows=rows,
-        label_skew=None,
-        local_epochs=1,
-        seed=0,
-        data_dir=None,
         federation_policy=DEMO_FEDERATION_POLICY,
         trust=DEMO_FEDERATION_TRUST,
+        allow_demo_keys=True,
     )
     console.rule("Scoring the grocery-store couple (examples/grocery_store_couple.csv)")
     score_command(applicants=EXAMPLE_APPLICANT, model="latest", schema=None, as_json=False)
@@ -415,3 +543,18 @@ def schema_dump(name: Annotated[str, typer.Argument(help="Schema name or TOML fi
         typer.echo(dump_schema(resolve_schema(name)), nl=False)
     except FedCreditError as exc:
         raise _fail(exc) from exc
+
+
+def main() -> None:
+    """The ``fedcredit`` console script. An expected failure (a dead database, a bad file, a bad
+    policy) is one line on stderr and exit code 2; an unexpected one a short traceback, never
+    with local variables."""
+    try:
+        app()
+    except EXPECTED_ERRORS as exc:
+        typer.echo(f"error: {error_line(exc)}", err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -2,55 +2,142 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from federation.schema import resolve_schema
 from policies.documents import FederationPolicy, PolicyError
-from policies.signing import read_public_keys, verify_policy
+from policies.signing import key_id, load_private_key, public_key_text, read_public_keys, verify_policy
 
 if TYPE_CHECKING:  # the CLI imports this module; Flower loads only when a run starts
     from coordinator.server_app import RunSettings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"
+DEMO_KEYS = EXAMPLES / "keys"
 DEMO_FEDERATION_POLICY = EXAMPLES / "sme_consortium.toml"
-DEMO_FEDERATION_TRUST = EXAMPLES / "keys" / "demo_consortium.pub"
+DEMO_FEDERATION_TRUST = DEMO_KEYS / "demo_consortium.pub"
+DEMO_COORDINATOR_KEY = DEMO_KEYS / "demo_coordinator.key"
 
 
-def load_federation_policy(path: Path, trusted_keys: Path) -> FederationPolicy:
-    """The federation policy, only if signed by a trusted key, unmodified and in force."""
+@cache
+def _demo_public_keys() -> dict[str, str]:
+    return {read_public_keys(pub)[0]: pub.stem for pub in sorted(DEMO_KEYS.glob("demo_*.pub"))}
+
+
+def demo_key_name(public_key: str) -> str | None:
+    """The name of the published demo key (e.g. ``demo_coordinator``) that ``public_key`` is, else None."""
+    return _demo_public_keys().get(public_key.strip())
+
+
+def public_key_of(private_key: Path) -> str:
+    """The ``ed25519:...`` public key of a private key file."""
+    return public_key_text(load_private_key(private_key).public_key())
+
+
+def verify_federation_policy(path: Path, trusted_keys: Path) -> tuple[FederationPolicy, str]:
+    """The federation policy and the key that signed it, only if signed by a trusted key,
+    unmodified and in force."""
     verified = verify_policy(path, read_public_keys(trusted_keys))
     if not isinstance(verified.policy, FederationPolicy):
         raise PolicyError(
             f"{path}: the coordinator needs a federation policy, got a {verified.policy.kind} policy"
         )
-    return verified.policy
+    return verified.policy, verified.signed_by
 
 
-def apply_federation_policy(settings: RunSettings, policy: FederationPolicy) -> RunSettings:
-    """``settings`` as the policy requires them; what the run asked and the policy forbids is an error."""
-    where = f"federation policy {policy.header.id} v{policy.header.version}"
+def load_federation_policy(path: Path, trusted_keys: Path) -> FederationPolicy:
+    """The federation policy, only if signed by a trusted key, unmodified and in force."""
+    return verify_federation_policy(path, trusted_keys)[0]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """Run settings the operator gave explicitly; None: not given, the policy decides."""
+
+    strategy: str | None = None
+    rounds: int | None = None
+    min_institutions: int | None = None
+    secure_aggregation: bool | None = None
+    epsilon: float | None = None
+
+
+def _where(policy: FederationPolicy) -> str:
+    return f"federation policy {policy.header.id} v{policy.header.version}"
+
+
+def data_holders(policy: FederationPolicy) -> tuple[tuple[str, str], ...]:
+    """(name, public key) of the members whose data may train."""
+    return tuple((m.name, m.public_key) for m in policy.members if m.role == "data_holder")
+
+
+def check_members(policy: FederationPolicy, institutions: Iterable[str]) -> None:
+    """Only the policy's data holders take part: anyone else is an error naming them."""
+    holders = [name for name, _ in data_holders(policy)]
+    outsiders = [name for name in institutions if name not in holders]
+    if outsiders:
+        raise PolicyError(
+            f"{_where(policy)} does not list {', '.join(outsiders)} as data holder(s) "
+            f"(its data holders: {', '.join(holders)}); run only its members"
+        )
+
+
+def apply_federation_policy(
+    settings: RunSettings,
+    policy: FederationPolicy,
+    asked: Asked | None = None,
+    institutions: Iterable[str] = (),
+    coordinator_key: str | None = None,
+) -> RunSettings:
+    """``settings`` as the policy requires them. What the operator ``asked`` for explicitly and
+    the policy does not allow is an error naming both values, never silently replaced; what was
+    not asked for is the policy's. ``institutions`` must all be its data holders, and
+    ``coordinator_key`` (a public key) one of its coordinators."""
+    asked = asked or Asked()
+    where = _where(policy)
     schema = resolve_schema(settings.schema)
     if (schema.name, schema.version) != (policy.schema, policy.schema_version):
         raise PolicyError(
             f"{where}: the federation trains schema {policy.schema} {policy.schema_version}, "
             f"this run uses {schema.name} {schema.version}"
         )
-    if settings.rounds > policy.max_rounds:
-        raise PolicyError(f"{where}: {settings.rounds} rounds exceed its max_rounds {policy.max_rounds}")
-    if policy.secure_aggregation and not settings.secure_aggregation:
-        raise PolicyError(f"{where}: requires secure aggregation; the run turned it off")
-    if settings.epsilon is not None and policy.epsilon is not None and settings.epsilon > policy.epsilon:
-        raise PolicyError(f"{where}: epsilon {settings.epsilon:g} exceeds the agreed {policy.epsilon:g}")
+    check_members(policy, institutions)
+    coordinators = {m.public_key for m in policy.members if m.role == "coordinator"}
+    if coordinator_key is not None and coordinator_key not in coordinators:
+        raise PolicyError(
+            f"{where}: the coordinator key {key_id(coordinator_key)} is not one of its coordinators' keys"
+        )
+    for option, given, agreed in (
+        ("strategy", asked.strategy, policy.strategy),
+        ("rounds", asked.rounds, policy.rounds),
+        ("min-institutions", asked.min_institutions, policy.min_institutions),
+    ):
+        if given is not None and given != agreed:
+            raise PolicyError(
+                f"--{option} {given} conflicts with {where}, which sets {option} {agreed}; "
+                f"leave --{option} out to use it"
+            )
+    if policy.secure_aggregation and asked.secure_aggregation is False:
+        raise PolicyError(
+            f"{where} requires secure aggregation; the run turned it off (--no-secure-aggregation)"
+        )
+    if asked.epsilon is not None and policy.epsilon is not None and asked.epsilon > policy.epsilon:
+        raise PolicyError(f"{where}: epsilon {asked.epsilon:g} exceeds the agreed {policy.epsilon:g}")
     return replace(
         settings,
         strategy=policy.strategy,
+        rounds=policy.rounds,
         proximal_mu=policy.proximal_mu,
         min_institutions=policy.min_institutions,
+        secure_aggregation=policy.secure_aggregation
+        if asked.secure_aggregation is None
+        else asked.secure_aggregation,
         secure_aggregation_shares=policy.secure_aggregation_shares,
         reconstruction_threshold=policy.reconstruction_threshold,
-        epsilon=settings.epsilon if settings.epsilon is not None else policy.epsilon,
+        epsilon=policy.epsilon if asked.epsilon is None else asked.epsilon,
         delta=policy.delta,
         client_dp=policy.client_dp,
+        members=data_holders(policy),
     )

@@ -39,12 +39,19 @@ def _clean(metrics: dict[str, Scalar]) -> dict[str, Any]:
     return {
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in metrics.items()
-        if k != P.INSTITUTION and not isinstance(v, bytes)
+        if k not in (P.INSTITUTION, P.ATTESTATION) and not isinstance(v, bytes)
     }
 
 
-def _institution_key(result: tuple[ClientProxy, FitRes | EvaluateRes]) -> str:
-    return str(result[1].metrics.get(P.INSTITUTION, result[0].cid))
+# (node's proxy, its reply's metrics, "fit" or "evaluate", round) -> the member who sent it;
+# raises when no member's key signed the reply
+Identify = Callable[[ClientProxy, dict[str, Scalar], str, int], str]
+# a refusal -> the member who signed it, None if no member did
+AttributeRefusal = Callable[[Refusal], str | None]
+
+
+class UnattributedReplyError(RuntimeError):
+    """A reply that no member of the federation signed: it must not be counted."""
 
 
 class RecordingStrategy(Strategy):
@@ -59,6 +66,8 @@ class RecordingStrategy(Strategy):
         self,
         inner: Strategy,
         log: RoundLog,
+        identify: Identify,
+        attribute_refusal: AttributeRefusal,
         min_results: int = 1,
         on_refusal: Callable[[int, str, Refusal], None] | None = None,
         on_round_end: Callable[[int], None] | None = None,
@@ -66,10 +75,27 @@ class RecordingStrategy(Strategy):
         super().__init__()
         self.inner = inner
         self.log = log
+        self.identify = identify
+        self.attribute_refusal = attribute_refusal
         self.min_results = min_results
         self.on_refusal = on_refusal
         self.on_round_end = on_round_end
         self._fit_started = 0.0
+
+    def _attributed(
+        self, server_round: int, stage: str, results: list[tuple[ClientProxy, Any]]
+    ) -> list[tuple[str, tuple[ClientProxy, Any]]]:
+        """Each result with the member that signed it, sorted by member (a fixed aggregation order)."""
+        named = [
+            (self.identify(proxy, res.metrics, stage, server_round), (proxy, res)) for proxy, res in results
+        ]
+        names = [name for name, _ in named]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UnattributedReplyError(
+                f"round {server_round}: {twice} answered more than once in one {stage}"
+            )
+        return sorted(named, key=lambda item: item[0])
 
     def _failures(self, server_round: int, stage: str, failures: Sequence[object]) -> None:
         """Log each failure; a node's policy refusal is parsed and handed to ``on_refusal``."""
@@ -82,8 +108,9 @@ class RecordingStrategy(Strategy):
             entry: dict[str, Any] = {"round": server_round, "stage": stage, "reason": reason}
             refusal = Refusal.from_reason(reason)
             if refusal is not None:
+                member = self.attribute_refusal(refusal)
                 entry.update(
-                    institution=refusal.institution,
+                    institution=member or f"unverified node (claims {refusal.institution!r})",
                     rules=list(refusal.rules),
                     reason="; ".join(refusal.reasons),
                 )
@@ -109,15 +136,17 @@ class RecordingStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        results = sorted(results, key=_institution_key)
-        for _, res in results:
-            name = str(res.metrics.get(P.INSTITUTION, "unknown"))
+        named = self._attributed(server_round, "fit", results)
+        results = [result for _, result in named]
+        for name, (_, res) in named:
             self.log.institution(name)["train_rows"] = res.num_examples
             entry = self.log.round_entry(name, server_round)
             if P.TRAIN_LOSS in res.metrics:
                 entry["train_loss"] = float(res.metrics[P.TRAIN_LOSS])
             if P.EPSILON_SPENT in res.metrics:
                 entry["epsilon_spent"] = float(res.metrics[P.EPSILON_SPENT])
+            if P.DP_NOISE in res.metrics:
+                entry["dp_noise"] = str(res.metrics[P.DP_NOISE])
         self._failures(server_round, "fit", failures)
         if len(results) < self.min_results:
             raise RuntimeError(
@@ -146,9 +175,9 @@ class RecordingStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
-        results = sorted(results, key=_institution_key)
-        for _, res in results:
-            name = str(res.metrics.get(P.INSTITUTION, "unknown"))
+        named = self._attributed(server_round, "evaluate", results)
+        results = [result for _, result in named]
+        for name, (_, res) in named:
             self.log.institution(name)["holdout_rows"] = res.num_examples
             if res.num_examples:
                 self.log.round_entry(name, server_round).update(_clean(res.metrics), loss=res.loss)

@@ -14,16 +14,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
+from sqlmodel import Session
 
 from coordinator.client_dp import client_level_epsilon
-from coordinator.server_app import RunOutcome, RunSettings
+from coordinator.server_app import RunOutcome, RunSettings, coordinator_actor
 from federation.metrics import score_metrics
 from federation.model import save_model
-from policies.audit import create_audit_engine, record
+from policies.audit import append, create_audit_engine, sign_head
+from policies.signing import load_private_key
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "model.pt"
 PLOT_FILE = "report.png"
+DEMO_NOTICE = (
+    "DEMO run: signed with FedCredit's published demo keys (policies/examples/keys), "
+    "which anyone can sign with; never use it for real data"
+)
 
 
 def _json_safe(value: Any) -> Any:
@@ -51,6 +57,8 @@ def settings_dict(settings: RunSettings) -> dict[str, Any]:
         "embedding_dim": settings.model.embedding_dim,
         "seed": settings.seed,
         "min_institutions": settings.min_institutions,
+        "members": [name for name, _ in settings.members],
+        "demo_keys": settings.demo_keys,
         "epsilon": settings.epsilon,
         "delta": settings.delta,
         "max_grad_norm": settings.max_grad_norm if settings.epsilon is not None else None,
@@ -80,6 +88,7 @@ def write_report(
     report = _json_safe(
         {
             "run_id": run_id,
+            "demo": DEMO_NOTICE if settings.demo_keys else None,
             "settings": settings_dict(settings),
             "final_test_metrics": final,
             "rounds": outcome.log.central,
@@ -89,13 +98,16 @@ def write_report(
         }
     )
     save_model(outcome.model, run_dir / MODEL_FILE, {"run_id": run_id, "schema": settings.schema})
-    record(
-        create_audit_engine(settings.audit_url),
-        actor="coordinator",
-        action="model.register",
-        resource=f"{run_id}/{MODEL_FILE}",
-        input_sha256=hashlib.sha256((run_dir / MODEL_FILE).read_bytes()).hexdigest(),
-    )
+    with Session(create_audit_engine(settings.audit_url)) as session:  # the registration, signed
+        append(
+            session,
+            actor=coordinator_actor(settings),
+            action="model.register",
+            resource=f"{run_id}/{MODEL_FILE}",
+            input_sha256=hashlib.sha256((run_dir / MODEL_FILE).read_bytes()).hexdigest(),
+        )
+        sign_head(session, load_private_key(settings.coordinator_key))
+        session.commit()
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
     plot_run(run_dir / PLOT_FILE, outcome)
     return report

@@ -10,6 +10,8 @@ Two phases, both on Flower's legacy workflow (the one SecAgg+ plugs into):
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, FedProx, Strategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
@@ -26,8 +29,9 @@ from flwr.serverapp import Grid
 from sqlmodel import Session
 
 from coordinator.client_dp import ClientLevelDPStrategy
+from coordinator.federation_policy import demo_key_name
 from coordinator.prompt_grid import PromptGrid
-from coordinator.recording import RecordingStrategy, RoundLog
+from coordinator.recording import Identify, RecordingStrategy, RoundLog, UnattributedReplyError
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from federation import protocol as P
 from federation.flower_secagg import mask_scheme
@@ -38,9 +42,11 @@ from federation.normalization import NormStats, stats_from_moments
 from federation.schema import Schema, resolve_schema
 from federation.training import TrainConfig, predict_proba
 from policies.audit import append, create_audit_engine, database_url, record, sign_head
+from policies.contributions import EVALUATE
 from policies.decisions import Refusal, TrainingRequest, sign_request
 from policies.documents import ClientLevelDP
-from policies.signing import load_private_key
+from policies.identity import Attestation, attributed_member
+from policies.signing import load_private_key, public_key_text
 
 STRATEGIES = ("fedavg", "fedprox")
 DEMO_COORDINATOR_KEY = (
@@ -48,6 +54,11 @@ DEMO_COORDINATOR_KEY = (
 )
 
 RoundCallback = Callable[[int, dict[str, float]], None]
+
+
+def new_run_id() -> str:
+    """A run id no node has seen: UTC time to the second plus 48 random bits."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,7 @@ class RunSettings:
     min_institutions: int = 2
     test_path: Path | None = None
     evaluate_on_nodes: bool = True  # each node scores the global model on its holdout rows
-    run_id: str = "run"
+    run_id: str = field(default_factory=new_run_id)
     purpose: str = "credit_underwriting"
     coordinator_key: Path = DEMO_COORDINATOR_KEY  # signs the training request every node checks
     audit_url: str = field(default_factory=database_url)
@@ -75,6 +86,10 @@ class RunSettings:
     secure_aggregation_shares: int | None = None  # None: every institution in the round
     reconstruction_threshold: int | None = None  # None: a majority of the shares
     client_dp: ClientLevelDP | None = None  # client-level DP noise added by the coordinator
+    # (institution, Ed25519 public key): the only nodes whose contributions count; a reply
+    # is attributed to the institution whose key signed it, never to the name it reports
+    members: tuple[tuple[str, str], ...] = ()
+    demo_keys: bool = False  # signed with FedCredit's published demo keys: report and audit say DEMO
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -89,6 +104,11 @@ class RunSettings:
             raise ValueError(f"epsilon must be finite and > 0 (or None for no DP), got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+
+def coordinator_actor(settings: RunSettings) -> str:
+    """The coordinator's name in the audit log; a run under the published demo keys says so."""
+    return "coordinator [DEMO keys]" if settings.demo_keys else "coordinator"
 
 
 @dataclass
@@ -132,6 +152,12 @@ class Coordinator:
             load_dataset(settings.test_path, self.schema) if settings.test_path else None
         )
         self.key = load_private_key(settings.coordinator_key)
+        demo = demo_key_name(public_key_text(self.key.public_key()))
+        if demo is not None and not settings.demo_keys:
+            raise ValueError(
+                f"{settings.coordinator_key} is FedCredit's published demo key {demo}, which anyone can "
+                "sign with: refused unless the run is marked as a demo (RunSettings.demo_keys)"
+            )
         self.request = sign_request(
             TrainingRequest(
                 run_id=settings.run_id,
@@ -149,6 +175,7 @@ class Coordinator:
             self.key,
         )
         self.audit = create_audit_engine(settings.audit_url)
+        self.members = dict(settings.members)
 
     def _workflow(self, grid: Grid, clipping_range: float, equal_weights: bool = False) -> DefaultWorkflow:
         """Flower's legacy workflow, with SecAgg+ as its fit step when the run asks for it."""
@@ -172,35 +199,79 @@ class Coordinator:
             **({P.SECAGG_MASKS: mask_scheme()} if self.settings.secure_aggregation else {}),
         }
 
+    @property
+    def actor(self) -> str:
+        return coordinator_actor(self.settings)
+
     def _audit(self, action: str, resource: str, **fields: Any) -> None:
-        record(self.audit, actor="coordinator", action=action, resource=resource, **fields)
+        record(self.audit, actor=self.actor, action=action, resource=resource, **fields)
+
+    def _attribute_refusal(self, refusal: Refusal) -> str | None:
+        return refusal.attributed_member(self.members, refusal.node_id)
+
+    def _identify(self, phase: str) -> Identify:
+        """Attribute each reply of ``phase`` to the member whose key signed it, or stop the run."""
+
+        def identify(proxy: ClientProxy, metrics: dict[str, Scalar], stage: str, server_round: int) -> str:
+            kind = EVALUATE if stage == "evaluate" else phase
+            round_ = server_round if kind in (P.PHASE_TRAIN, EVALUATE) else 0
+            claimed, signature = metrics.get(P.INSTITUTION), metrics.get(P.ATTESTATION)
+            attestation = Attestation(str(claimed), self.request.digest, kind, round_, int(proxy.cid))
+            member = (
+                attributed_member(attestation, signature, self.members)
+                if isinstance(signature, str)
+                else None
+            )
+            if member is None:
+                self._audit(
+                    f"{stage}.unattributed",
+                    f"{self.settings.run_id}/node-{proxy.cid}/{kind}-{server_round}",
+                    decision="deny",
+                    rules=["deny.unattributed_reply"],
+                    input_sha256=self.request.digest,
+                )
+                raise UnattributedReplyError(
+                    f"{kind} round {server_round}: node {proxy.cid} says it is {claimed!s}, but no member "
+                    "of the federation signed its reply; the run stops rather than count it"
+                )
+            return member
+
+        return identify
 
     def _on_refusal(self, phase: str, server_round: int, stage: str, refusal: Refusal) -> None:
+        member = self._attribute_refusal(refusal) or f"unverified-{refusal.institution}"
         self._audit(
             f"{stage}.refused",
-            f"{self.settings.run_id}/{refusal.institution}/{phase}-{server_round}",
+            f"{self.settings.run_id}/{member}/{phase}-{server_round}",
             decision="deny",
             rules=refusal.rules,
             policy_sha256=refusal.policy_sha256,
             input_sha256=refusal.input_sha256 or self.request.digest,
         )
 
-    def _on_round_end(self, server_round: int) -> None:
+    def _signed_audit(self, action: str, resource: str, **fields: Any) -> None:
+        """An audit entry and a head signed by the coordinator's key, in one transaction."""
         with Session(self.audit) as session:
             append(
                 session,
-                actor="coordinator",
-                action="round.end",
-                resource=f"{self.settings.run_id}/round-{server_round}",
+                actor=self.actor,
+                action=action,
+                resource=resource,
                 input_sha256=self.request.digest,
+                **fields,
             )
             sign_head(session, self.key)
             session.commit()
+
+    def _on_round_end(self, server_round: int) -> None:
+        self._signed_audit("round.end", f"{self.settings.run_id}/round-{server_round}")
 
     def _recording(self, inner: Strategy, log: RoundLog, phase: str) -> RecordingStrategy:
         return RecordingStrategy(
             inner,
             log,
+            identify=self._identify(phase),
+            attribute_refusal=self._attribute_refusal,
             min_results=self.settings.min_institutions,
             on_refusal=lambda r, stage, refusal: self._on_refusal(phase, r, stage, refusal),
             on_round_end=self._on_round_end if phase == P.PHASE_TRAIN else None,
@@ -324,13 +395,15 @@ class Coordinator:
         return evaluate
 
     def __call__(self, grid: Grid, context: Context) -> None:
-        self._audit("run.start", self.settings.run_id, input_sha256=self.request.digest)
+        self._signed_audit("run.start", self.settings.run_id)
         try:
+            if not self.members:
+                raise ValueError("the run names no member institutions; no reply could be attributed")
             self._run(grid, context)
         except Exception:
-            self._audit("run.end", self.settings.run_id, decision="failed", input_sha256=self.request.digest)
+            self._signed_audit("run.end", self.settings.run_id, decision="failed")
             raise
-        self._audit("run.end", self.settings.run_id, decision="completed", input_sha256=self.request.digest)
+        self._signed_audit("run.end", self.settings.run_id, decision="completed")
 
     def _run(self, grid: Grid, context: Context) -> None:
         stats = self.normalization_phase(grid, context)

@@ -14,6 +14,7 @@ from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
 from clients.client_app import build_client_app
+from coordinator.federation_policy import DEMO_KEYS, public_key_of
 from coordinator.prompt_pickup import install_prompt_pickup
 from coordinator.server_app import RoundCallback, RunOutcome, RunSettings, build_server_app
 from federation import protocol as P
@@ -32,6 +33,8 @@ class SimulatedNode:
     policy: Path | None = None
     trusted_policy_keys: Path | None = None
     audit_db: str = ""
+    node_key: Path | None = None  # the institution's Ed25519 private key: signs its replies
+    dp_seed: int | None = None  # only for reproducible DP experiments: the node seeds its own DP noise
 
     def node_config(self) -> dict[str, str]:
         cfg = {
@@ -45,6 +48,10 @@ class SimulatedNode:
             cfg[P.NODE_TRUSTED_POLICY_KEYS] = str(self.trusted_policy_keys)
         if self.audit_db:
             cfg[P.NODE_AUDIT_DB] = self.audit_db
+        if self.node_key is not None:
+            cfg[P.NODE_KEY] = str(self.node_key)
+        if self.dp_seed is not None:
+            cfg[P.NODE_DP_SEED] = str(self.dp_seed)
         return cfg
 
 
@@ -79,11 +86,16 @@ delta = 1e-5
 
 
 def with_policies(
-    nodes: Sequence[SimulatedNode], run_dir: Path, use_examples: bool = True
+    nodes: Sequence[SimulatedNode],
+    run_dir: Path,
+    use_examples: bool = True,
+    coordinator_key: str | None = None,
 ) -> list[SimulatedNode]:
-    """Give every node a signed policy: the demo example for its institution when one
-    exists (and ``use_examples``), else a simulation policy signed with a key made for this run."""
-    coordinator = read_public_keys(EXAMPLE_POLICIES / "keys" / "demo_coordinator.pub")[0]
+    """Give every node a signed policy and its own key: the demo example policy and demo key
+    for its institution when one exists (and ``use_examples``), else a simulation policy
+    accepting ``coordinator_key`` (default: the demo coordinator's public key), signed with a
+    key made for this run, and a node key made for this run, both under ``run_dir/keys``."""
+    coordinator = coordinator_key or read_public_keys(DEMO_KEYS / "demo_coordinator.pub")[0]
     keys = run_dir / "keys"
     out = []
     for node in nodes:
@@ -93,7 +105,8 @@ def with_policies(
         if use_examples and example.is_file():
             for source in EXAMPLE_POLICIES.glob(f"{node.institution}.toml*"):
                 shutil.copy2(source, folder / source.name)
-            trusted = EXAMPLE_POLICIES / "keys" / f"demo_{node.institution}.pub"
+            trusted = DEMO_KEYS / f"demo_{node.institution}.pub"
+            node_key = DEMO_KEYS / f"demo_{node.institution}.key"
         else:
             if not (keys / "simulation_compliance.key").is_file():
                 generate_keypair(
@@ -109,16 +122,25 @@ def with_policies(
             (folder / f"{node.institution}.toml").write_text(text, encoding="utf-8")
             sign_policy(folder / f"{node.institution}.toml", keys / "simulation_compliance.key")
             trusted = keys / "simulation_compliance.pub"
+            node_key = keys / f"node_{node.institution}.key"
+            if not node_key.is_file():
+                generate_keypair(keys, f"node_{node.institution}", comment="made by fedcredit simulate")
         out.append(
             replace(
                 node,
                 policy=folder / f"{node.institution}.toml",
                 trusted_policy_keys=trusted,
+                node_key=node.node_key or node_key,
                 audit_db=node.audit_db
                 or f"sqlite:///{(run_dir / 'audit' / f'node-{node.institution}.db').resolve()}",
             )
         )
     return out
+
+
+def members_of(nodes: Sequence[SimulatedNode]) -> tuple[tuple[str, str], ...]:
+    """(institution, public key) of every node that has its key."""
+    return tuple((n.institution, public_key_of(n.node_key)) for n in nodes if n.node_key is not None)
 
 
 class SimulatedNodeConfigs:
@@ -157,6 +179,20 @@ def run_simulated_federation(
     """Train across ``nodes`` on Flower's simulation engine; returns what the coordinator saw."""
     if len(nodes) < settings.min_institutions:
         raise ValueError(f"{len(nodes)} node(s), but the run needs at least {settings.min_institutions}")
+    if not settings.members:  # the operator's own sandbox: its nodes are the members
+        settings = replace(settings, members=members_of(nodes))
+    if settings.members:
+        members = set(settings.members)
+        strangers = [
+            n.institution
+            for n in nodes
+            if n.node_key is None or (n.institution, public_key_of(n.node_key)) not in members
+        ]
+        if strangers:
+            raise ValueError(
+                f"node(s) {', '.join(strangers)} not among the run's members "
+                f"({', '.join(name for name, _ in settings.members)}) with their member key"
+            )
     flower_environment()
     from flwr.simulation import run_simulation  # imports Ray: keep it off the CLI's start-up path
 

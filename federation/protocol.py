@@ -32,6 +32,10 @@ TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, 
 INSTITUTION: Final = "institution"
 TRAIN_LOSS: Final = "train-loss"
 EPSILON_SPENT: Final = "epsilon-spent"  # DP budget spent by the node in this run so far
+ATTESTATION: Final = "attestation"  # the node's signature over policies.identity.Attestation
+DP_NOISE: Final = "dp-noise"  # where the node's DP noise came from: DP_NOISE_SECRET or DP_NOISE_SEEDED
+DP_NOISE_SECRET: Final = "secret"
+DP_NOISE_SEEDED: Final = "reproducible (node config dp-seed)"
 
 # node config keys (flower-supernode --node-config)
 NODE_DATA_PATH: Final = "data-path"
@@ -40,6 +44,8 @@ NODE_NAME: Final = "institution"
 NODE_POLICY: Final = "policy"  # the institution policy TOML, signed beside it
 NODE_TRUSTED_POLICY_KEYS: Final = "trusted-policy-keys"  # .pub file or folder
 NODE_AUDIT_DB: Final = "audit-db"  # database URL of the node's audit log
+NODE_KEY: Final = "node-key"  # the institution's Ed25519 private key: signs replies and audit heads
+NODE_DP_SEED: Final = "dp-seed"  # only for reproducible DP experiments: seeds the node's DP noise
 
 
 def encode_vector(values: np.ndarray) -> bytes:

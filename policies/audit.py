@@ -7,6 +7,12 @@ committed together or not at all; it first takes a database-wide write lock
 (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory lock on
 PostgreSQL), so concurrent appenders queue instead of forking the chain. The
 ``prev`` column is unique as a second line of defence.
+
+Hashes alone prove nothing against someone who can rewrite the whole table:
+:func:`verify_chain` therefore only accepts a log whose heads are signed by keys
+the auditor trusts, and refuses entries that no signed head covers (except, on
+request, those of a run that is still open). Verifying opens the database
+read-only (:func:`open_audit_readonly`): it never creates or changes one.
 """
 
 from __future__ import annotations
@@ -14,26 +20,83 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import re
+import sqlite3
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from policies.signing import canonical_json, public_key_text, sha256_hex, sign_bytes, verify_bytes
+from policies.signing import canonical_json, key_id, public_key_text, sha256_hex, sign_bytes, verify_bytes
 
 GENESIS = "0" * 64
 ADVISORY_LOCK_KEY = 0x46454443  # "FEDC"
-DEFAULT_DATABASE_URL = "sqlite:///var/fedcredit.db"
+VAR_DIR_ENV = "FEDCREDIT_VAR_DIR"
+RUN_START, RUN_END = "run.start", "run.end"
+
+
+def var_dir() -> Path:
+    """``$FEDCREDIT_VAR_DIR``, else the project's ``var/`` folder: never relative to the current folder."""
+    value = os.environ.get(VAR_DIR_ENV)
+    return Path(value).resolve() if value else Path(__file__).resolve().parents[1] / "var"
+
+
+def default_database_url() -> str:
+    """The embedded SQLite file ``fedcredit.db`` in :func:`var_dir` (an absolute path)."""
+    return f"sqlite:///{var_dir() / 'fedcredit.db'}"
+
+
+DEFAULT_DATABASE_URL = default_database_url()
 
 
 def database_url() -> str:
-    """``$DATABASE_URL`` (e.g. PostgreSQL in production), else the embedded SQLite file."""
-    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    """``$DATABASE_URL`` when set and non-empty (e.g. PostgreSQL in production), else the embedded SQLite file."""
+    return os.environ.get("DATABASE_URL") or default_database_url()
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+
+
+def mask_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit to print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return mask_passwords(url)
+
+
+def describe_db_error(exc: BaseException, url: str = "") -> str:
+    """One line about a database failure: the driver's first line, no SQL, no parameters, no password."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    message = lines[0] if lines else type(cause).__name__
+    message = re.sub(r"^\([\w.]+\) ", "", message)
+    password = _password(url)
+    return mask_passwords(message.replace(password, "***") if password else message)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
+
+
+class AuditDatabaseError(Exception):
+    """The audit database named cannot be opened as it is (e.g. it does not exist)."""
 
 
 class AuditEntry(SQLModel, table=True):
@@ -83,8 +146,13 @@ class SignedHead(SQLModel, table=True):
     ts: str
 
 
-def create_audit_engine(url: str = DEFAULT_DATABASE_URL) -> Engine:
-    """An engine whose transactions on SQLite take the write lock at BEGIN (serialized appends)."""
+def create_audit_engine(url: str | None = None) -> Engine:
+    """An engine whose transactions on SQLite take the write lock at BEGIN (serialized appends).
+
+    Creates the database and its tables when missing: for writers only (see :func:`open_audit_readonly`).
+    ``url`` defaults to :func:`database_url`.
+    """
+    url = url or database_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -104,6 +172,43 @@ def create_audit_engine(url: str = DEFAULT_DATABASE_URL) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     SQLModel.metadata.create_all(engine, tables=[AuditEntry.__table__, SignedHead.__table__])  # type: ignore[attr-defined]
     return engine
+
+
+def open_audit_readonly(url: str) -> Engine:
+    """An engine that can only read an existing audit database; it creates and changes nothing.
+
+    SQLite: the file opened with ``mode=ro`` (:class:`AuditDatabaseError` when there is no file);
+    every session reads one snapshot. PostgreSQL: read-only, repeatable-read transactions.
+    Whether the audit tables exist is for :func:`has_audit_log` to say.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True).execution_options(
+            postgresql_readonly=True, isolation_level="REPEATABLE READ"
+        )
+    name = parsed.database or ""
+    path = Path(name)
+    if name in ("", ":memory:") or not path.is_file():
+        raise AuditDatabaseError(f"no audit database at {path.resolve() if name else ':memory:'}")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+        conn.isolation_level = None  # transactions as below, not pysqlite's
+        return conn
+
+    engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+    @event.listens_for(engine, "begin")
+    def _snapshot(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def has_audit_log(session: Session) -> bool:
+    """Whether the database behind ``session`` has the audit entry table (read-only check)."""
+    return inspect(session.connection()).has_table(AuditEntry.__tablename__)
 
 
 def _lock(session: Session) -> None:
@@ -176,11 +281,35 @@ class ChainReport:
     first_bad_seq: int | None = None
     problem: str = ""
     head_hash: str = GENESIS
+    signed_seq: int = 0  # the last signed head: entry number, hash, key id
+    signed_hash: str = ""
+    signed_key: str = ""
+    signers: tuple[str, ...] = ()  # key ids of every head signer
+    unsigned: int = 0  # entries after the last signed head (of open runs, when allowed)
+    open_runs: tuple[str, ...] = ()
 
 
-def verify_chain(session: Session) -> ChainReport:
-    """Walk the chain; on the first break, name the entry and what happened to it."""
-    rows = list(entries(session))
+def _belongs(entry: AuditEntry, run_id: str) -> bool:
+    return entry.resource == run_id or entry.resource.startswith(run_id + "/")
+
+
+def verify_chain(
+    session: Session,
+    trusted_keys: Collection[str],
+    *,
+    allow_empty: bool = False,
+    allow_open_run: bool = False,
+) -> ChainReport:
+    """Walk the chain and its signed heads; on the first problem, name the entry and what happened.
+
+    Only heads signed by ``trusted_keys`` count (several keys may sign one log). Every entry must
+    be covered by a signed head, except, with ``allow_open_run``, trailing entries of runs that
+    started (``run.start``) and have not ended (``run.end``); a run left open fails otherwise,
+    since cutting the tail removes its end. An empty or missing log fails unless ``allow_empty``.
+    Reads only.
+    """
+    has_log = has_audit_log(session)
+    rows = list(entries(session)) if has_log else []
     expected_prev, expected_seq = GENESIS, 1
     for i, entry in enumerate(rows):
         if entry.seq != expected_seq:
@@ -204,23 +333,78 @@ def verify_chain(session: Session) -> ChainReport:
         else:
             problem = f"entry {entry.seq} was modified: its content no longer matches its hash"
         return _bad(i, entry.seq, problem)
-    heads = session.exec(select(SignedHead).order_by(SignedHead.seq)).all()  # type: ignore[arg-type]
+    n = len(rows)
+    trusted = {k.strip() for k in trusted_keys}
     by_seq = {e.seq: e.hash for e in rows}
+    heads = _signed_heads(session)
     for head in heads:
-        if not verify_bytes(
+        if head.signed_by.strip() not in trusted:
+            problem = (
+                f"the head at entry {head.seq} is signed by key {_key_id(head.signed_by)}, which is not "
+                "trusted: the log may have been rewritten and re-signed"
+            )
+        elif not verify_bytes(
             head.signed_by, canonical_json({"seq": head.seq, "hash": head.hash}), head.signature
         ):
-            return ChainReport(
-                False, len(rows), head.seq, f"signed head at entry {head.seq} has an invalid signature"
+            problem = f"signed head at entry {head.seq} has an invalid signature"
+        elif by_seq.get(head.seq) != head.hash:
+            problem = f"entry {head.seq} differs from the head signed at {head.ts}: history was rewritten"
+        else:
+            continue
+        return ChainReport(False, n, head.seq, problem)
+    if not rows:
+        if allow_empty:
+            return ChainReport(True, 0)
+        where = "the audit log has no entries" if has_log else "no audit log in this database"
+        return ChainReport(False, 0, None, f"{where}: nothing to verify")
+    if not heads:
+        return _bad(n, 1, f"{n} entries but no signed head covers them: nothing proves this history")
+    last = heads[-1]
+    started = {e.resource for e in rows if e.action == RUN_START}
+    open_runs = tuple(sorted(started - {e.resource for e in rows if e.action == RUN_END}))
+    tail = [e for e in rows if e.seq > last.seq]
+    good = ChainReport(
+        True,
+        n,
+        head_hash=expected_prev,
+        signed_seq=last.seq,
+        signed_hash=last.hash,
+        signed_key=key_id(last.signed_by),
+        signers=tuple(sorted({key_id(h.signed_by) for h in heads})),
+        unsigned=len(tail),
+        open_runs=open_runs,
+    )
+    if tail and not allow_open_run:
+        span = (
+            f"entry {tail[0].seq} comes" if len(tail) == 1 else f"entries {tail[0].seq}..{tail[-1].seq} come"
+        )
+        problem = f"{span} after the last signed head (entry {last.seq}): no signature covers them"
+        return replace(good, ok=False, first_bad_seq=tail[0].seq, problem=problem)
+    for entry in tail:
+        if not any(_belongs(entry, run) for run in open_runs):
+            problem = (
+                f"entry {entry.seq} ({entry.action} {entry.resource}) comes after the last signed head "
+                f"(entry {last.seq}) and belongs to no open run: no signature covers it"
             )
-        if by_seq.get(head.seq) != head.hash:
-            return ChainReport(
-                False,
-                len(rows),
-                head.seq,
-                f"entry {head.seq} differs from the head signed at {head.ts}: history was rewritten",
-            )
-    return ChainReport(True, len(rows), head_hash=expected_prev)
+            return replace(good, ok=False, first_bad_seq=entry.seq, problem=problem)
+    if open_runs and not allow_open_run:
+        problem = (
+            f"run {open_runs[0]} has a run.start but no run.end: the run is still open, "
+            "or the tail of the log was cut"
+        )
+        return replace(good, ok=False, problem=problem)
+    return good
+
+
+def _key_id(public_key: str) -> str:
+    """:func:`key_id`, or the text itself when it is no key at all (a forged row)."""
+    return key_id(public_key) if public_key.isascii() else repr(public_key[:24])
+
+
+def _signed_heads(session: Session) -> Sequence[SignedHead]:
+    if not inspect(session.connection()).has_table(SignedHead.__tablename__):
+        return []
+    return session.exec(select(SignedHead).order_by(SignedHead.seq, SignedHead.id)).all()  # type: ignore[arg-type]
 
 
 def _bad(checked: int, seq: int, problem: str) -> ChainReport:
@@ -243,6 +427,14 @@ def sign_head(session: Session, key: Ed25519PrivateKey) -> SignedHead | None:
     session.add(head)
     session.flush()
     return head
+
+
+def sign_current_head(engine: Engine, key: Ed25519PrivateKey) -> SignedHead | None:
+    """Sign the current chain head in a transaction of its own (e.g. right after ``run.end``)."""
+    with Session(engine, expire_on_commit=False) as session:
+        head = sign_head(session, key)
+        session.commit()
+        return head
 
 
 def export_jsonl(session: Session, out: TextIO) -> int:

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
+from rich.markup import escape
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from policies.audit import DEFAULT_DATABASE_URL, create_audit_engine, export_jsonl, record, verify_chain
+from policies.audit import (
+    AuditDatabaseError,
+    append,
+    create_audit_engine,
+    database_url,
+    describe_db_error,
+    export_jsonl,
+    has_audit_log,
+    mask_url,
+    open_audit_readonly,
+    verify_chain,
+)
 from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, sign_request
 from policies.documents import InstitutionPolicy, Policy, PolicyError, load_policy
 from policies.signing import (
     generate_keypair,
     key_id,
     load_private_key,
+    public_key_text,
     read_public_keys,
     sign_policy,
     verify_policy,
@@ -31,28 +50,100 @@ policy_app = typer.Typer(
 )
 audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)
 
-DbOption = Annotated[str, typer.Option("--db", envvar="DATABASE_URL", help="Audit database URL.")]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Audit database URL. Default: $DATABASE_URL, else fedcredit.db in $FEDCREDIT_VAR_DIR "
+        "or the project's var/ folder.",
+        show_default=False,
+    ),
+]
+TrustOption = Annotated[Path, typer.Option(help="Trusted public key file, or a folder of .pub files.")]
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
+def _fail(exc: Exception | str) -> typer.Exit:
+    """Print one line (never markup, never wrapped) and give the exit code 2."""
+    console.print(
+        "[bold red]error:[/] " + escape(" ".join(str(exc).split())), highlight=False, soft_wrap=True
+    )
     return typer.Exit(code=2)
+
+
+def _database(db: str | None) -> str:
+    """The audit database URL: ``--db``, else ``$DATABASE_URL``, else the default; never an empty one."""
+    if db is not None:
+        if not db.strip():
+            raise _fail("--db is empty: name the audit database URL (or leave --db out for the default)")
+        return db
+    if "DATABASE_URL" in os.environ and not os.environ["DATABASE_URL"].strip():
+        raise _fail(
+            "DATABASE_URL is set but empty: set it to the audit database URL, or unset it for the default"
+        )
+    return database_url()
+
+
+@contextmanager
+def _database_errors(url: str, what: str) -> Iterator[None]:
+    """A database (or file) failure as one line: what failed and where, password masked, exit 2."""
+    try:
+        yield
+    except AuditDatabaseError as exc:
+        raise _fail(exc) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(f"{what} failed at {mask_url(url)}: {describe_db_error(exc, url)}") from None
+
+
+def _trusted(trust: Path) -> tuple[str, ...]:
+    try:
+        keys = read_public_keys(trust)
+    except (PolicyError, OSError) as exc:
+        raise _fail(exc) from None
+    if not keys:
+        raise _fail(f"{trust}: no public keys here; name the keys you trust")
+    return keys
 
 
 @keys_app.command("generate")
 def keys_generate(
     name: Annotated[str, typer.Argument(help="Key name: writes NAME.key (private) and NAME.pub.")],
     out: Annotated[Path, typer.Option(help="Folder for the key files.")] = Path("var/keys"),
-    db: DbOption = DEFAULT_DATABASE_URL,
+    db: DbOption = None,
 ) -> None:
-    """Generate an Ed25519 key pair (private key readable by its owner only); audited as a key change."""
+    """Generate an Ed25519 key pair (private key readable by its owner only); audited as a key change.
+
+    The key files and their audit entry are written together or not at all.
+    """
+    url = _database(db)
+    for path in (out / f"{name}.key", out / f"{name}.pub"):
+        if path.exists():
+            raise _fail(f"{path} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    kid = key_id(public_key_text(key.public_key()))
+    written: tuple[Path, ...] = ()
     try:
-        private, public = generate_keypair(out, name)
-    except PolicyError as exc:
-        raise _fail(exc) from exc
-    kid = key_id(read_public_keys(public)[0])
-    record(create_audit_engine(db), actor="keys", action="key.generate", resource=f"{name}:{kid}")
-    console.print(f"private key: {private}\npublic key:  {public}  (id {kid})")
+        with _database_errors(url, "recording the key generation"):
+            engine = create_audit_engine(url)
+            try:
+                with Session(engine) as session:
+                    append(session, actor="keys", action="key.generate", resource=f"{name}:{kid}")
+                    written = (out / f"{name}.key", out / f"{name}.pub")  # from here on, ours to remove
+                    try:
+                        written = generate_keypair(out, name, key=key)
+                    except OSError as exc:
+                        raise _fail(f"writing the key files in {out} failed: {exc.strerror or exc}") from None
+                    session.commit()
+            finally:
+                engine.dispose()
+    except PolicyError as exc:  # the files appeared meanwhile: not ours
+        raise _fail(exc) from None
+    except BaseException:
+        for path in written:  # the entry was not committed: no key without its audit entry
+            with suppress(OSError):  # not there (or never could be)
+                path.unlink()
+        raise
+    private, public = written
+    console.print(f"private key: {private}\npublic key:  {public}  (id {kid})", highlight=False)
 
 
 @policy_app.command("sign")
@@ -71,11 +162,11 @@ def policy_sign(
 @policy_app.command("verify")
 def policy_verify(
     policy: Annotated[Path, typer.Argument(help="Policy TOML file (manifest and signature beside it).")],
-    trust: Annotated[Path, typer.Option(help="Trusted public key file, or a folder of .pub files.")],
+    trust: TrustOption,
 ) -> None:
     """Verify signature, signer, file hash and validity dates. Exit code 2 when any check fails."""
     try:
-        verified = verify_policy(policy, read_public_keys(trust))
+        verified = verify_policy(policy, _trusted(trust))
     except PolicyError as exc:
         raise _fail(exc) from exc
     h = verified.policy.header
@@ -192,8 +283,9 @@ def policy_request(
 ) -> None:
     """Write a signed training request, e.g. to try `policy explain` on it."""
     features = tuple(tuple(f.split(":", 1)) for f in feature or ["monthly_revenue:operations"])
+    run_id = f"explain-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
     request = TrainingRequest(
-        run_id="explain",
+        run_id=run_id,
         purpose=purpose,
         schema=schema,
         schema_version=schema_version,
@@ -204,30 +296,39 @@ def policy_request(
         secure_aggregation=secure_aggregation,
         epsilon=epsilon,
     )
-    out.write_bytes(sign_request(request, load_private_key(key)).to_wire())
-    console.print(f"wrote {out}")
+    try:
+        out.write_bytes(sign_request(request, load_private_key(key)).to_wire())
+    except (PolicyError, OSError) as exc:
+        raise _fail(exc) from None
+    console.print(f"wrote {out} (run id {run_id})", highlight=False)
 
 
 @policy_app.command("explain")
 def policy_explain(
-    policy: Annotated[Path, typer.Argument(help="Institution policy TOML file.")],
+    policy: Annotated[
+        Path, typer.Argument(help="Institution policy TOML file (signed, as the node reads it).")
+    ],
     request: Annotated[
         Path, typer.Option(help="Signed training request (JSON, as `policy request` writes).")
     ],
+    trust: TrustOption,
     records: Annotated[int, typer.Option(help="Local records the node would train on.")] = 10_000,
     today: Annotated[str | None, typer.Option(help="Evaluate as of this date (YYYY-MM-DD).")] = None,
 ) -> None:
-    """The decision a node would take on a request, with the rules that fired."""
+    """The decision a node would take on a request, with the rules that fired.
+
+    The policy is verified first, as the node does: unsigned, modified, untrusted or out of force
+    means no decision (exit code 2).
+    """
     try:
-        loaded = load_policy(policy)
+        day = dt.date.fromisoformat(today) if today else None
+        loaded = verify_policy(policy, _trusted(trust), today=day).policy
         if not isinstance(loaded, InstitutionPolicy):
             raise PolicyError(f"{policy}: explain needs an institution policy")
         signed = SignedRequest.from_wire(request.read_bytes())
-        decision = evaluate_training(
-            loaded, signed, records, today=dt.date.fromisoformat(today) if today else None
-        )
+        decision = evaluate_training(loaded, signed, records, today=day)
     except (PolicyError, ValueError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc) from None
     colour = "green" if decision.allowed else "red"
     console.print(
         f"[bold {colour}]{decision.effect.upper()}[/] under {decision.policy_id} v{decision.policy_version}"
@@ -240,30 +341,97 @@ def policy_explain(
 
 
 @audit_app.command("verify")
-def audit_verify(db: DbOption = DEFAULT_DATABASE_URL) -> None:
-    """Walk the chain; names the first entry modified, deleted, inserted or reordered. Exit 2 if broken."""
-    with Session(create_audit_engine(db)) as session:
-        report = verify_chain(session)
+def audit_verify(
+    trust: Annotated[
+        list[Path],
+        typer.Option(
+            help="Public key file, or folder of .pub files, whose signed chain heads you trust; repeatable."
+        ),
+    ],
+    db: DbOption = None,
+    expect_empty: Annotated[
+        bool, typer.Option("--expect-empty", help="A missing or empty log is correct here.")
+    ] = False,
+    allow_open_run: Annotated[
+        bool,
+        typer.Option(
+            "--allow-open-run",
+            help="Accept unsigned entries at the end when they belong to a run still in progress.",
+        ),
+    ] = False,
+) -> None:
+    """Check every hash and every signed head; names the first entry modified, deleted, inserted or
+    reordered, a head signed by an untrusted key, and entries no signed head covers. Exit 2 if not intact.
+    Opens the database read-only."""
+    url = _database(db)
+    trusted = tuple(key for source in trust for key in _trusted(source))
+    with _database_errors(url, "reading the audit log"):
+        engine = open_audit_readonly(url)
+        try:
+            with Session(engine) as session:
+                report = verify_chain(
+                    session, trusted, allow_empty=expect_empty, allow_open_run=allow_open_run
+                )
+        finally:
+            engine.dispose()
     if not report.ok:
+        hint = (
+            " (pass --expect-empty if that is right)"
+            if report.checked == 0 and report.first_bad_seq is None
+            else ""
+        )
         console.print(
-            f"[bold red]broken[/] after {report.checked} good entr(y/ies): {report.problem}", highlight=False
+            "[bold red]broken[/]"
+            + escape(f": {report.problem}{hint} ({report.checked} entries checked in {mask_url(url)})"),
+            highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(code=2)
-    console.print(f"[green]intact[/]: {report.checked} entries, head {report.head_hash}", highlight=False)
+    if report.checked == 0:
+        console.print(
+            f"[green]intact[/]: 0 entries in {escape(mask_url(url))} (empty, as expected)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    tail = (
+        f"; {report.unsigned} unsigned entries of open run(s) {', '.join(report.open_runs)} after it"
+        if report.unsigned
+        else ""
+    )
+    console.print(
+        f"[green]intact[/]: {report.checked} entries checked; last signed head at entry {report.signed_seq} "
+        f"({report.signed_hash}) by key {report.signed_key}; signers: {', '.join(report.signers)}"
+        + escape(tail),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @audit_app.command("export")
 def audit_export(
     jsonl: Annotated[Path, typer.Option("--jsonl", help="Output file ('-' for standard output).")],
-    db: DbOption = DEFAULT_DATABASE_URL,
+    db: DbOption = None,
 ) -> None:
-    """Write the whole chain as JSON lines, one entry per line, in sequence order."""
-    with Session(create_audit_engine(db)) as session:
-        if str(jsonl) == "-":
-            count = export_jsonl(session, sys.stdout)
-        else:
-            with jsonl.open("w", encoding="utf-8") as out:
-                count = export_jsonl(session, out)
+    """Write the whole chain as JSON lines, one entry per line, in sequence order (read-only)."""
+    url = _database(db)
+    with _database_errors(url, "reading the audit log"):
+        engine = open_audit_readonly(url)
+        try:
+            with Session(engine) as session:
+                if not has_audit_log(session):
+                    raise _fail(f"no audit log in {mask_url(url)}")
+                if str(jsonl) == "-":
+                    count = export_jsonl(session, sys.stdout)
+                else:
+                    try:
+                        out = jsonl.open("w", encoding="utf-8")
+                    except OSError as exc:
+                        raise _fail(f"cannot write {jsonl}: {exc.strerror or exc}") from None
+                    with out:
+                        count = export_jsonl(session, out)
+        finally:
+            engine.dispose()
     console.print(f"exported {count} entries", highlight=False)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,6 +43,20 @@ class TrainingRequest:
     delta: float = 1e-5
     issued_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
+    def __post_init__(self) -> None:
+        """Refuse what no node may act on: a signed request with an impossible value is still impossible."""
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon must be a finite number > 0 (or absent for no DP), got {self.epsilon}")
+        if not (math.isfinite(self.delta) and 0 < self.delta < 1):
+            raise ValueError(f"delta must be between 0 and 1 (exclusive), got {self.delta}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.min_institutions < 1:
+            raise ValueError(f"min_institutions must be >= 1, got {self.min_institutions}")
+        if not self.run_id.strip():
+            raise ValueError("run_id must not be empty")
+        issued_at(self)  # a parseable UTC time
+
     def payload(self) -> dict[str, Any]:
         raw = asdict(self)
         raw["features"] = [list(f) for f in self.features]
@@ -62,11 +77,26 @@ class TrainingRequest:
             strategy=str(raw["strategy"]),
             rounds=int(raw["rounds"]),
             min_institutions=int(raw["min_institutions"]),
-            secure_aggregation=bool(raw["secure_aggregation"]),
+            secure_aggregation=_boolean(raw["secure_aggregation"]),
             epsilon=None if raw["epsilon"] is None else float(raw["epsilon"]),
             delta=float(raw["delta"]),
             issued_at=str(raw["issued_at"]),
         )
+
+
+def issued_at(request: TrainingRequest) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(request.issued_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise ValueError(
+            f"issued_at must be a UTC time YYYY-MM-DDTHH:MM:SSZ, got {request.issued_at!r}"
+        ) from None
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"secure_aggregation must be true or false, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -233,36 +263,47 @@ def evaluate_training(
 
 @dataclass(frozen=True)
 class Refusal:
-    """What a refused node tells the coordinator (never data)."""
+    """What a refused node tells the coordinator (never data), signed with the node's key."""
 
     institution: str
     rules: tuple[str, ...]
     reasons: tuple[str, ...]
     policy_sha256: str = ""
     input_sha256: str = ""
+    node_id: int = 0
+    signature: str = ""
+
+    def payload(self) -> bytes:
+        raw = asdict(self)
+        raw.pop("signature")
+        raw["rules"], raw["reasons"] = list(self.rules), list(self.reasons)
+        return canonical_json(raw)
+
+    def signed(self, key: Ed25519PrivateKey) -> Refusal:
+        return replace(self, signature=sign_bytes(key, self.payload()))
+
+    def attributed_member(self, members: Mapping[str, str], node_id: int) -> str | None:
+        """The member who sent this refusal from ``node_id``, if its key signed it; else None."""
+        key = members.get(self.institution)
+        if key is None or self.node_id != node_id or not verify_bytes(key, self.payload(), self.signature):
+            return None
+        return self.institution
 
     def to_reason(self) -> str:
-        return json.dumps(
-            {
-                "institution": self.institution,
-                "rules": list(self.rules),
-                "reasons": list(self.reasons),
-                "policy_sha256": self.policy_sha256,
-                "input_sha256": self.input_sha256,
-            },
-            sort_keys=True,
-        )
+        return json.dumps({**json.loads(self.payload()), "signature": self.signature}, sort_keys=True)
 
     @classmethod
     def from_reason(cls, reason: str) -> Refusal | None:
         try:
             raw = json.loads(reason)
             return cls(
-                raw["institution"],
+                str(raw["institution"]),
                 tuple(raw["rules"]),
                 tuple(raw["reasons"]),
-                raw["policy_sha256"],
-                raw["input_sha256"],
+                str(raw["policy_sha256"]),
+                str(raw["input_sha256"]),
+                int(raw.get("node_id", 0)),
+                str(raw.get("signature", "")),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None

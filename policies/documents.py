@@ -38,6 +38,7 @@ PURPOSES = (
 NEVER_ALLOWED_PURPOSES = ("marketing",)
 ROLES = ("data_holder", "coordinator", "member", "auditor")
 STRATEGIES = ("fedavg", "fedprox")
+DEFAULT_MAX_REQUEST_AGE_MINUTES = 60
 KEY_PATTERN = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
 
 
@@ -84,6 +85,8 @@ class InstitutionPolicy:
     privacy: PrivacyLimits
     retention_days: int
     sha256: str
+    # a run is joined only if its signed request was issued at most this long ago (replays)
+    max_request_age_minutes: int = DEFAULT_MAX_REQUEST_AGE_MINUTES
 
     kind = "institution"
 
@@ -253,7 +256,7 @@ def _line_of(text: str, table: tuple[str, ...], key: str | None) -> int:
 
 
 def _positive(v: Any) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v}"
+    return None if v > 0 and math.isfinite(v) else f"must be a finite number > 0, got {v}"
 
 
 def _non_negative(v: Any) -> str | None:
@@ -261,9 +264,7 @@ def _non_negative(v: Any) -> str | None:
 
 
 def _epsilon(v: Any) -> str | None:
-    if isinstance(v, float) and math.isnan(v):
-        return "must be a number, got nan"
-    return None if v > 0 else f"epsilon must be > 0, got {v}"
+    return None if v > 0 and math.isfinite(v) else f"epsilon must be a finite number > 0, got {v}"
 
 
 def _delta(v: Any) -> str | None:
@@ -347,6 +348,9 @@ def _institution(r: _Reader, sha256: str) -> InstitutionPolicy:
         privacy=_privacy(privacy),
         retention_days=retention.get("local_artifacts_days", int, 30, _non_negative),
         sha256=sha256,
+        max_request_age_minutes=fed.get(
+            "max_request_age_minutes", int, DEFAULT_MAX_REQUEST_AGE_MINUTES, _positive
+        ),
     )
     both = set(policy.allowed_features) & set(policy.forbidden_features)
     if both:

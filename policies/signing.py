@@ -70,14 +70,19 @@ def key_id(public_key: str) -> str:
     return sha256_hex(public_key.strip().encode("ascii"))[:16]
 
 
-def generate_keypair(directory: Path, name: str, comment: str = "") -> tuple[Path, Path]:
-    """Write ``name.key`` (private, PEM, mode 600) and ``name.pub``; refuses to overwrite."""
+def generate_keypair(
+    directory: Path, name: str, comment: str = "", key: Ed25519PrivateKey | None = None
+) -> tuple[Path, Path]:
+    """Write ``name.key`` (private, PEM, mode 600) and ``name.pub``; refuses to overwrite.
+
+    ``key``: a key made beforehand (e.g. to audit its id before the files exist); default a new one.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
     for path in (private_path, public_path):
         if path.exists():
             raise SignatureError(f"{path} exists; refusing to overwrite a key")
-    key = Ed25519PrivateKey.generate()
+    key = key or Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

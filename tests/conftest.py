@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
+from sqlalchemy.engine import Engine
 
 from federation.scenarios import DATA_DIR_ENV
 from federation.schema import Schema, resolve_schema
 from federation.synthetic import generate_sme
+from policies.audit import create_audit_engine
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +52,41 @@ def task_identity() -> Iterator[None]:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved  # type: ignore[attr-defined]
+
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def _postgres_available() -> bool:
+    try:
+        psycopg.connect(POSTGRES_DSN, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a schema of its own on the running PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+        return
+    if not _postgres_available():
+        pytest.fail("PostgreSQL at 127.0.0.1:5432 (database test) is not running")
+    schema = f"fedcredit_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """The audit database on ``db_url`` (SQLite and PostgreSQL)."""
+    eng = create_audit_engine(db_url)
+    yield eng
+    eng.dispose()

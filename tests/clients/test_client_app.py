@@ -6,19 +6,21 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clients.client_app import CreditClientApp, CreditNodeClient, SchemaMismatchError, build_client_app
-from clients.node_data import load_node_data
+from clients.node_data import NodeData, load_node_data
 from coordinator.simulation import SimulatedNode, SimulatedNodeConfigs
 from federation import protocol as P
 from federation.errors import DataValidationError
 from federation.loading import FeatureLayout
-from federation.model import FourDimensionModel
+from federation.model import FourDimensionModel, trainable_weights
 from federation.normalization import local_moments
 from federation.partition import TRAIN_FILE
 from federation.schema import resolve_schema
-from policies.decisions import TrainingRequest, sign_request
-from policies.signing import load_private_key
+from policies.decisions import SignedRequest, TrainingRequest, sign_request
+from policies.identity import Attestation, attributed_member
+from policies.signing import load_private_key, public_key_text
 
 KEYS = Path(__file__).resolve().parents[2] / "policies" / "examples" / "keys"
 
@@ -57,14 +59,85 @@ def node_dir(sme_frame: pd.DataFrame, tmp_path: Path) -> Path:
     return folder
 
 
+NODE_KEY = Ed25519PrivateKey.generate()
+
+
+def _client(node: NodeData, **kwargs: object) -> CreditNodeClient:
+    return CreditNodeClient(node, NODE_KEY, 7, **kwargs)  # type: ignore[arg-type]
+
+
 def test_stats_phase_returns_only_aggregates(node_dir: Path) -> None:
     node = load_node_data(node_dir, "sme")
-    client = CreditNodeClient(node)
+    client = _client(node)
     arrays, n, metrics = client.fit([], config())  # type: ignore[arg-type]
     assert n == len(node.train)
     assert len(arrays) == 1 and arrays[0].shape == (3, len(node.train.layout.numeric))
     np.testing.assert_allclose(arrays[0], local_moments(node.train.numeric))
-    assert metrics == {P.INSTITUTION: "bank_a"}
+    assert set(metrics) == {P.INSTITUTION, P.ATTESTATION} and metrics[P.INSTITUTION] == "bank_a"
+
+
+def test_every_reply_is_signed_with_the_institutions_key(node_dir: Path) -> None:
+    """The coordinator attributes a reply to the key that signed it, not to the name it carries."""
+    _, _, metrics = _client(load_node_data(node_dir, "sme")).fit([], config())  # type: ignore[arg-type]
+    digest = SignedRequest.from_wire(request_bytes()).digest
+    said = Attestation("bank_a", digest, P.PHASE_STATS, 0, 7)
+    members = {"bank_a": public_key_text(NODE_KEY.public_key())}
+    assert attributed_member(said, str(metrics[P.ATTESTATION]), members) == "bank_a"
+    # the same signature does not vouch for another phase, round, node or request
+    for other in (
+        Attestation("bank_a", digest, P.PHASE_TRAIN, 1, 7),
+        Attestation("bank_a", digest, P.PHASE_STATS, 0, 8),
+        Attestation("bank_a", "0" * 64, P.PHASE_STATS, 0, 7),
+    ):
+        assert attributed_member(other, str(metrics[P.ATTESTATION]), members) is None
+    # a key that is not the member's: not attributed, whatever name the reply carries
+    impostor = {"bank_a": public_key_text(Ed25519PrivateKey.generate().public_key())}
+    assert attributed_member(said, str(metrics[P.ATTESTATION]), impostor) is None
+
+
+def _train_config(node: NodeData, request: bytes) -> tuple[list[np.ndarray], dict[str, object]]:
+    model = FourDimensionModel(node.train.layout)
+    moments = local_moments(node.train.numeric)
+    from federation.normalization import stats_from_moments
+
+    stats = stats_from_moments(moments)
+    model.set_normalization(stats)
+    cfg = {
+        **config(P.PHASE_TRAIN, request),
+        P.ROUND: 1,
+        P.SEED: 0,
+        P.EPOCHS: 1,
+        P.BATCH_SIZE: 256,
+        P.LEARNING_RATE: 3e-3,
+        P.HIDDEN: model.config.hidden,
+        P.EMBEDDING_DIM: model.config.embedding_dim,
+        P.NORM_MEAN: P.encode_vector(stats.mean),
+        P.NORM_STD: P.encode_vector(stats.std),
+    }
+    return trainable_weights(model), cfg
+
+
+def test_the_coordinator_cannot_choose_or_know_the_dp_noise(node_dir: Path, tmp_path: Path) -> None:
+    """Same weights, same message, same seed from the coordinator: the DP update differs each time.
+
+    A coordinator that could reproduce the noise could subtract it. Only the node's own
+    configuration (``dp-seed``) makes DP runs repeat, and the reply says so.
+    """
+    node = load_node_data(node_dir, "sme")
+    weights, cfg = _train_config(node, request_bytes(epsilon=3.0))
+
+    def update(client: CreditNodeClient) -> tuple[np.ndarray, dict[str, object]]:
+        arrays, _, metrics = client.fit([w.copy() for w in weights], cfg)  # type: ignore[arg-type]
+        return np.concatenate([a.ravel() for a in arrays]), metrics
+
+    first, metrics = update(_client(node))
+    second, _ = update(_client(node))
+    assert not np.allclose(first, second)
+    assert metrics[P.DP_NOISE] == P.DP_NOISE_SECRET
+    seeded_a, seeded_metrics = update(_client(node, dp_seed=5))
+    seeded_b, _ = update(_client(node, dp_seed=5))
+    np.testing.assert_array_equal(seeded_a, seeded_b)
+    assert seeded_metrics[P.DP_NOISE] == P.DP_NOISE_SEEDED
 
 
 def test_columns_outside_the_request_never_reach_the_model(node_dir: Path) -> None:
@@ -72,8 +145,8 @@ def test_columns_outside_the_request_never_reach_the_model(node_dir: Path) -> No
     node = load_node_data(node_dir, "sme")
     full = FeatureLayout.from_schema(resolve_schema("sme"))
     narrow = tuple(f for f in full.features() if f[0] not in ("industry", "region"))
-    client = CreditNodeClient(node)
-    data = client._data(client._request(config(request=request_bytes(narrow))))  # type: ignore[arg-type]
+    client = _client(node)
+    data = client._data(client._signed(config(request=request_bytes(narrow))).request)  # type: ignore[arg-type]
     assert data is not None
     assert data.layout.width == full.width - 2
     assert (
@@ -89,14 +162,14 @@ def test_columns_outside_the_request_never_reach_the_model(node_dir: Path) -> No
 
 
 def test_protected_column_cannot_be_requested(node_dir: Path) -> None:
-    client = CreditNodeClient(load_node_data(node_dir, "sme"))
+    client = _client(load_node_data(node_dir, "sme"))
     features = (*FeatureLayout.from_schema(resolve_schema("sme")).features(), ("owner_gender", "behaviour"))
     with pytest.raises(ValueError, match=r"\['owner_gender'\] are not model inputs here"):
-        client._data(client._request(config(request=request_bytes(features))))  # type: ignore[arg-type]
+        client._data(client._signed(config(request=request_bytes(features))).request)  # type: ignore[arg-type]
 
 
 def test_node_refuses_another_schema(node_dir: Path) -> None:
-    client = CreditNodeClient(load_node_data(node_dir, "sme"))
+    client = _client(load_node_data(node_dir, "sme"))
     bad = {**config(), P.SCHEMA_NAME: "uci_homo"}
     with pytest.raises(
         SchemaMismatchError, match=r"run asks for schema uci_homo 1\.0\.0, node data follows sme 1\.0\.0"

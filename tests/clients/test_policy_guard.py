@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
@@ -19,8 +22,9 @@ from clients import policy_guard
 from clients.policy_guard import POLICY_DENIED, PolicyGuard
 from federation import protocol as P
 from federation.partition import TRAIN_FILE
-from policies.audit import create_audit_engine, entries
+from policies.audit import create_audit_engine, entries, verify_chain
 from policies.decisions import Refusal, SignedRequest
+from policies.signing import canonical_json, load_private_key, public_key_text, read_public_keys, sign_bytes
 
 from .test_client_app import request_bytes
 
@@ -33,7 +37,7 @@ def _stamped_messages(task_identity: None) -> None:
 
 
 @pytest.fixture
-def node(sme_frame: pd.DataFrame, tmp_path: Path) -> dict[str, str]:
+def node(sme_frame: pd.DataFrame, tmp_path: Path, db_url: str) -> dict[str, str]:
     data = tmp_path / "national_bank"
     data.mkdir()
     pd.concat([sme_frame] * 2, ignore_index=True).assign(
@@ -50,19 +54,23 @@ def node(sme_frame: pd.DataFrame, tmp_path: Path) -> dict[str, str]:
         P.NODE_SCHEMA: "sme",
         P.NODE_POLICY: str(policy_dir / "national_bank.toml"),
         P.NODE_TRUSTED_POLICY_KEYS: str(EXAMPLES / "keys" / "demo_national_bank.pub"),
-        P.NODE_AUDIT_DB: f"sqlite:///{tmp_path / 'audit.db'}",
+        P.NODE_AUDIT_DB: db_url,
     }
 
 
-def _message(request: bytes | None) -> Message:
-    config = {P.PHASE: P.PHASE_TRAIN} | ({P.TRAINING_REQUEST: request} if request is not None else {})
+def _message(request: bytes | None, phase: str = P.PHASE_TRAIN, round_: int = 1) -> Message:
+    config = {P.PHASE: phase, P.ROUND: round_} | (
+        {P.TRAINING_REQUEST: request} if request is not None else {}
+    )
     content = fitins_to_recorddict(
         FitIns(Parameters(tensors=[], tensor_type="numpy.ndarray"), config), keep_input=True
     )
     return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
 
 
-def _run(cfg: dict[str, str], request: bytes | None) -> tuple[Message, list[Message]]:
+def _run(
+    cfg: dict[str, str], request: bytes | None, phase: str = P.PHASE_TRAIN, round_: int = 1
+) -> tuple[Message, list[Message]]:
     passed: list[Message] = []
 
     def call_next(msg: Message, _: Context) -> Message:
@@ -71,14 +79,17 @@ def _run(cfg: dict[str, str], request: bytes | None) -> tuple[Message, list[Mess
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     guard = PolicyGuard(lambda _: cfg)
-    msg = _message(request)
+    msg = _message(request, phase, round_)
     reply = guard(msg, ctx, call_next)
     return reply, passed
 
 
 def _audit(cfg: dict[str, str]) -> list[tuple[str, str, list[str]]]:
-    with Session(create_audit_engine(cfg[P.NODE_AUDIT_DB])) as s:
-        return [(e.action, e.decision, json.loads(e.rules)) for e in entries(s)]
+    engine = create_audit_engine(cfg[P.NODE_AUDIT_DB])
+    with Session(engine) as s:
+        out = [(e.action, e.decision, json.loads(e.rules)) for e in entries(s)]
+    engine.dispose()
+    return out
 
 
 def _refusal(reply: Message) -> Refusal:
@@ -170,15 +181,19 @@ def test_exhausted_budget_refuses_training_and_says_so_in_the_audit_log(
     )
     sign_policy(policy, EXAMPLES / "keys" / "demo_national_bank.key")
     engine = create_audit_engine(node[P.NODE_AUDIT_DB])
-    record_spend(
-        engine,
-        institution="national_bank",
-        run_id="earlier",
-        planned=8.0,
-        spent=8.0,
-        delta=1e-5,
-        rounds_done=10,
-    )
+    for round_ in (1, 2):  # an earlier run planned 8 and spent it over two rounds
+        record_spend(
+            engine,
+            institution="national_bank",
+            run_id="earlier",
+            round_=round_,
+            planned=8.0,
+            delta=1e-5,
+            noise_multiplier=0.8,
+            sample_rate=0.1,
+            steps=10,
+        )
+    engine.dispose()
     reply, passed = _run(node, request_bytes(epsilon=3.0, run_id="now"))
     refusal = _refusal(reply)
     assert passed == [] and refusal.rules == ("forbid.lifetime_budget_exhausted",)
@@ -205,6 +220,8 @@ def test_node_check_refuses_to_start_without_a_valid_policy(node: dict[str, str]
         node[P.NODE_TRUSTED_POLICY_KEYS],
         "--audit-db",
         node[P.NODE_AUDIT_DB],
+        "--node-key",
+        str(EXAMPLES / "keys" / "demo_national_bank.key"),
     ]
     ok = CliRunner().invoke(app, args)
     assert ok.exit_code == 0 and "ready: national_bank under policy.national_bank v1" in " ".join(
@@ -218,3 +235,110 @@ def test_node_check_refuses_to_start_without_a_valid_policy(node: dict[str, str]
         and "modified after signing" in " ".join(bad.output.split())
     )
     assert [a[:2] for a in _audit(node)] == [("node.check", "permit"), ("node.check", "deny")]
+    _assert_signed_by_the_node(node)
+
+
+def _assert_signed_by_the_node(node: dict[str, str]) -> None:
+    """The node's log verifies against the node's own key, and only that key."""
+    engine = create_audit_engine(node[P.NODE_AUDIT_DB])
+    with Session(engine) as session:
+        assert verify_chain(session, read_public_keys(EXAMPLES / "keys" / "demo_national_bank.pub")).ok
+        assert not verify_chain(session, read_public_keys(EXAMPLES / "keys" / "demo_online_bank.pub")).ok
+    engine.dispose()
+
+
+def test_every_decision_is_under_a_head_signed_with_the_node_key(node: dict[str, str]) -> None:
+    node[P.NODE_KEY] = str(EXAMPLES / "keys" / "demo_national_bank.key")
+    assert not _run(node, request_bytes(min_institutions=3), P.PHASE_STATS, 0)[0].has_error()
+    assert _run(node, request_bytes(purpose="collections"))[0].has_error()
+    _assert_signed_by_the_node(node)
+
+
+# --- a coordinator that asks for more than its signed request announces --------------------
+
+
+def test_repeated_statistics_under_new_round_labels_are_refused(node: dict[str, str]) -> None:
+    """Asking for the statistics phase again as 'round 2, 3, ...' gets nothing more."""
+    request = request_bytes(min_institutions=3)
+    first, passed = _run(node, request, P.PHASE_STATS, 1)
+    assert not first.has_error() and len(passed) == 1
+    for label in (1, 2, 3):
+        reply, passed = _run(node, request, P.PHASE_STATS, label)
+        assert passed == [] and _refusal(reply).rules == ("deny.contribution_repeated",)
+    assert _audit(node)[-1] == ("train.decide", "deny", ["deny.contribution_repeated"])
+
+
+def test_rounds_beyond_the_request_or_trained_twice_are_refused(node: dict[str, str]) -> None:
+    request = request_bytes(min_institutions=3, rounds=2)
+    for round_ in (1, 2):
+        assert not _run(node, request, P.PHASE_TRAIN, round_)[0].has_error()
+    for round_, rule in (
+        (3, "deny.round_beyond_request"),
+        (0, "deny.round_beyond_request"),
+        (2, "deny.contribution_repeated"),
+    ):
+        reply, passed = _run(node, request, P.PHASE_TRAIN, round_)
+        assert passed == [] and _refusal(reply).rules == (rule,), round_
+
+
+def test_a_finished_run_gets_nothing_more(node: dict[str, str]) -> None:
+    request = request_bytes(min_institutions=3, rounds=1)
+    for phase, round_ in ((P.PHASE_STATS, 0), (P.PHASE_TRAIN, 1), (P.PHASE_REFERENCE, 0)):
+        assert not _run(node, request, phase, round_)[0].has_error()
+    for phase, round_ in ((P.PHASE_REFERENCE, 0), (P.PHASE_TRAIN, 1), (P.PHASE_STATS, 0)):
+        reply, passed = _run(node, request, phase, round_)
+        assert passed == [] and _refusal(reply).rules == ("deny.run_finished",)
+
+
+def test_a_stale_or_replayed_request_is_refused(node: dict[str, str]) -> None:
+    """The request is signed, but two hours old; and a run id stays bound to its first request."""
+    two_hours_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    reply, passed = _run(node, request_bytes(min_institutions=3, issued_at=two_hours_ago), P.PHASE_STATS, 0)
+    assert passed == [] and _refusal(reply).rules == ("deny.stale_request",)
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    reply, _ = _run(node, request_bytes(min_institutions=3, issued_at=tomorrow), P.PHASE_STATS, 0)
+    assert _refusal(reply).rules == ("deny.request_from_future",)
+    assert not _run(node, request_bytes(min_institutions=3, run_id="r7"), P.PHASE_STATS, 0)[0].has_error()
+    # the same run id with another request (here: more rounds) is a different run
+    reply, passed = _run(node, request_bytes(min_institutions=3, run_id="r7", rounds=9), P.PHASE_TRAIN, 4)
+    assert passed == [] and _refusal(reply).rules == ("deny.run_id_reused",)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_signed_request_with_an_impossible_epsilon_is_refused(node: dict[str, str], epsilon: float) -> None:
+    """The coordinator signs whatever it likes; the node refuses what no policy can mean."""
+    good = SignedRequest.from_wire(request_bytes(min_institutions=3, epsilon=1.0))
+    payload = good.request.payload() | {"epsilon": repr(epsilon)}
+    key = load_private_key(EXAMPLES / "keys" / "demo_coordinator.key")
+    wire = canonical_json(
+        {
+            "request": payload,
+            "signed_by": good.signed_by,
+            "signature": sign_bytes(key, canonical_json(payload)),
+        }
+    )
+    reply, passed = _run(node, wire)
+    refusal = _refusal(reply)
+    assert passed == [] and refusal.rules == ("deny.no_request",)
+    assert "epsilon must be a finite number > 0" in refusal.reasons[0]
+
+
+def test_refusals_are_signed_by_the_node(node: dict[str, str]) -> None:
+    key = Ed25519PrivateKey.generate()
+    key_path = Path(node[P.NODE_POLICY]).parent / "node.key"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    node[P.NODE_KEY] = str(key_path)
+    refusal = _refusal(_run(node, request_bytes(purpose="collections"))[0])
+    members = {"national_bank": public_key_text(key.public_key())}
+    assert refusal.attributed_member(members, 1) == "national_bank"
+    assert (
+        replace(refusal, institution="online_bank").attributed_member(
+            {"online_bank": members["national_bank"]}, 1
+        )
+        is None
+    )
+    assert refusal.attributed_member(members, 2) is None

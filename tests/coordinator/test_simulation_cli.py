@@ -25,17 +25,19 @@ CONSORTIUM = Path(__file__).resolve().parents[2] / "policies" / "examples" / "sm
 runner = CliRunner()
 
 
-def federation_policy(folder: Path, privacy: str, secure_aggregation: bool = True) -> list[str]:
-    """The demo consortium's policy with ``privacy`` settings added, signed by a fresh key."""
+def federation_policy(folder: Path, privacy: str, rounds: int, secure_aggregation: bool = True) -> list[str]:
+    """The demo consortium's policy with ``rounds`` and ``privacy`` settings, signed by a fresh key;
+    its members are the demo institutions (demo keys: the run needs --allow-demo-keys)."""
     folder.mkdir(parents=True, exist_ok=True)
     policy = folder / "federation.toml"
     text = CONSORTIUM.read_text().replace("delta = 1e-5\n", f"delta = 1e-5\n{privacy}\n")
+    text = text.replace("\nrounds = 10\n", f"\nrounds = {rounds}\n")
     if not secure_aggregation:
         text = text.replace("secure_aggregation = true", "secure_aggregation = false")
     policy.write_text(text)
     key, pub = generate_keypair(folder, "consortium")
     sign_policy(policy, key)
-    return ["--federation-policy", str(policy), "--trust", str(pub)]
+    return ["--federation-policy", str(policy), "--trust", str(pub), "--allow-demo-keys"]
 
 
 SIMULATE = [
@@ -45,12 +47,18 @@ SIMULATE = [
 
 
 def _simulate_in(workdir: Path, args: list[str] | None = None) -> tuple[Path, str]:
-    old = Path.cwd()
+    """Run ``simulate`` in ``workdir``, the coordinator's audit log in ``workdir/var`` too."""
+    old, old_var = Path.cwd(), os.environ.get("FEDCREDIT_VAR_DIR")
     os.chdir(workdir)
+    os.environ["FEDCREDIT_VAR_DIR"] = str(workdir / "var")
     try:
         result = runner.invoke(app, ["simulate", *args] if args else SIMULATE)
     finally:
         os.chdir(old)
+        if old_var is None:
+            del os.environ["FEDCREDIT_VAR_DIR"]
+        else:
+            os.environ["FEDCREDIT_VAR_DIR"] = old_var
     assert result.exit_code == 0, result.output
     (run_dir,) = list((workdir / "var" / "runs").iterdir())
     return run_dir, result.output
@@ -62,7 +70,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     after the key exchange, i.e. drops out mid-round."""
     workdir = tmp_path_factory.mktemp("fedcredit")
     policy = federation_policy(
-        workdir / "policy", "secure_aggregation_shares = 3\nreconstruction_threshold = 2"
+        workdir / "policy", "secure_aggregation_shares = 3\nreconstruction_threshold = 2", rounds=3
     )
     return _simulate_in(workdir, [*SIMULATE[1:], *policy])
 
@@ -75,7 +83,20 @@ def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None
     settings = report["settings"]
     assert settings["secure_aggregation"] is True and settings["client_dp"] is None
     assert (settings["secure_aggregation_shares"], settings["reconstruction_threshold"]) == (3, 2)
-    assert "federation policy federation.sme-consortium v1: fedavg, at least 3 institutions" in output
+    words = " ".join(output.split())
+    assert (
+        "federation policy federation.sme-consortium v1: fedavg, 3 rounds, at least 3 institutions" in words
+    )
+    # the demo institutions' example policies and the demo coordinator key: a DEMO run, plainly
+    assert report["demo"].startswith("DEMO run") and settings["demo_keys"] is True
+    assert "DEMO run: signed with FedCredit's published demo keys" in words
+    assert settings["members"] == [
+        "national_bank",
+        "online_bank",
+        "rural_cooperative",
+        "city_bank_east",
+        "coastal_credit_union",
+    ]
     aucs = [r["auc"] for r in report["rounds"]]
     assert aucs[-1] > aucs[0]
     assert report["final_test_metrics"]["auc"] == pytest.approx(aucs[-1])
@@ -101,7 +122,8 @@ def test_refusal_is_visible_and_audited(run: tuple[Path, str]) -> None:
     assert "refused by coastal_credit_union's policy (forbid.purpose_not_allowed" in " ".join(output.split())
     workdir = run_dir.parents[2]
     db = f"sqlite:///{workdir / 'var' / 'fedcredit.db'}"
-    verify = runner.invoke(app, ["audit", "verify", "--db", db])
+    trust = str(CONSORTIUM.parent / "keys")  # the demo coordinator signed the chain heads
+    verify = runner.invoke(app, ["audit", "verify", "--db", db, "--trust", trust])
     assert verify.exit_code == 0, verify.output
     assert "intact" in verify.output
     out = workdir / "audit.jsonl"
@@ -203,30 +225,34 @@ def test_a_whole_run_repeats_exactly_under_the_same_seed(tmp_path: Path) -> None
         (tmp_path / name).mkdir()
         runs.append(_simulate_in(tmp_path / name, plain)[0])
     first, second = (torch.load(r / "model.pt", weights_only=True)["state_dict"] for r in runs)
+    # no federation policy, no --coordinator-key: the operator's own sandbox, no demo key anywhere
+    report = json.loads((runs[0] / "report.json").read_text())
+    assert report["demo"] is None and report["settings"]["demo_keys"] is False
+    assert report["settings"]["members"] == ["national_bank", "online_bank", "rural_cooperative"]
+    assert (runs[0].parents[1] / "keys" / "sandbox_coordinator.key").is_file()
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
 
 
 def test_differentially_private_run_spends_and_records_its_budget(tmp_path: Path) -> None:
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        args = ["simulate", "--institutions", "3", "--rounds", "2", "--rows", "9000", "--epsilon", "8"]
-        result = runner.invoke(app, args)
-    finally:
-        os.chdir(old)
-    assert result.exit_code == 0, result.output
-    (run_dir,) = list((tmp_path / "var" / "runs").iterdir())
+    run_dir, _ = _simulate_in(
+        tmp_path, ["--institutions", "3", "--rounds", "2", "--rows", "9000", "--epsilon", "8"]
+    )
     report = json.loads((run_dir / "report.json").read_text())
     assert report["settings"]["epsilon"] == 8.0
     for inst in report["institutions"].values():
         spent = [r["epsilon_spent"] for r in inst["rounds"]]
         assert spent[0] < spent[1] <= 8.0 and spent[1] == pytest.approx(8.0, abs=0.1)
+        assert [r["dp_noise"] for r in inst["rounds"]] == ["secret", "secret"]
     node_db = f"sqlite:///{run_dir / 'audit' / 'node-national_bank.db'}"
     export = runner.invoke(app, ["audit", "export", "--jsonl", "-", "--db", node_db])
     assert export.output.count('"action":"privacy.spend"') == 2
     assert "round-2/epsilon-spent=" in export.output
+    # the node's log is signed with the node's own key: it verifies against that key alone
+    node_pub = run_dir / "keys" / "node_national_bank.pub"
+    verified = runner.invoke(app, ["audit", "verify", "--db", node_db, "--trust", str(node_pub)])
+    assert verified.exit_code == 0 and "intact" in verified.output
 
 
 def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path) -> None:
@@ -248,6 +274,7 @@ def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path)
     policy = federation_policy(
         tmp_path / "policy",
         "[privacy.client_dp]\nnoise_multiplier = 1.5\nclipping_norm = 1.0",
+        rounds=1,
         secure_aggregation=False,
     )
     (tmp_path / "dp").mkdir()

@@ -5,60 +5,33 @@ from __future__ import annotations
 import io
 import json
 import threading
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from policies.audit import (
+    GENESIS,
     AuditEntry,
+    ChainReport,
     append,
-    create_audit_engine,
+    entries,
     export_jsonl,
     record,
+    sign_current_head,
     sign_head,
     verify_chain,
 )
+from policies.signing import key_id, public_key_text
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_available() -> bool:
-    try:
-        psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=3).close()
-    except psycopg.OperationalError:
-        return False
-    return True
+KEY = Ed25519PrivateKey.generate()  # the coordinator's
+NODE_KEY = Ed25519PrivateKey.generate()  # a node's: a log may be signed by several trusted keys
+TRUSTED = (public_key_text(KEY.public_key()), public_key_text(NODE_KEY.public_key()))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = create_audit_engine(f"sqlite:///{tmp_path / 'audit.db'}")
-        yield eng
-        eng.dispose()
-        return
-    if not _postgres_available():
-        pytest.fail("PostgreSQL at 127.0.0.1:5432 (database test) is not running")
-    schema = f"audit_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    eng = create_audit_engine(f"{POSTGRES}?options=-csearch_path%3D{schema}")
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-def _fill(engine: Engine, n: int = 10) -> None:
+def _fill(engine: Engine, n: int = 10, sign: bool = True) -> None:
+    """``n`` decisions, then a signed head (as the node does after its decisions)."""
     for i in range(n):
         record(
             engine,
@@ -70,11 +43,13 @@ def _fill(engine: Engine, n: int = 10) -> None:
             policy_sha256="a" * 64,
             input_sha256=f"{i:064d}",
         )
+    if sign:
+        sign_current_head(engine, KEY)
 
 
-def _verify(engine: Engine):
+def _verify(engine: Engine, trusted: tuple[str, ...] = TRUSTED, **flags: bool) -> ChainReport:
     with Session(engine) as session:
-        return verify_chain(session)
+        return verify_chain(session, trusted, **flags)
 
 
 def _sql(engine: Engine, *statements: str) -> None:
@@ -87,6 +62,11 @@ def test_untouched_chain_verifies(engine: Engine) -> None:
     _fill(engine)
     report = _verify(engine)
     assert report.ok and report.checked == 10 and report.first_bad_seq is None
+    assert (report.signed_seq, report.signed_key, report.signers) == (
+        10,
+        key_id(TRUSTED[0]),
+        (key_id(TRUSTED[0]),),
+    )
 
 
 def test_update_is_named(engine: Engine) -> None:
@@ -148,7 +128,7 @@ def test_reorder_is_named(engine: Engine) -> None:
 def test_signed_head_catches_a_cut_tail(engine: Engine) -> None:
     _fill(engine)
     with Session(engine) as session:
-        head = sign_head(session, Ed25519PrivateKey.generate())
+        head = sign_head(session, KEY)
         assert head is not None and head.seq == 10
         session.commit()
     _sql(engine, "DELETE FROM audit_entry WHERE seq = 10")
@@ -182,6 +162,7 @@ def test_eight_concurrent_writers_make_one_chain(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert errors == []
+    sign_current_head(engine, KEY)
     report = _verify(engine)
     assert report.ok and report.checked == 120
 
@@ -196,3 +177,129 @@ def test_export_jsonl(engine: Engine) -> None:
     assert lines[1]["prev"] == lines[0]["hash"]
     assert lines[0]["rules"] == ["permit.purpose_allowed"]
     assert not any(isinstance(v, float) for line in lines for v in line.values())
+
+
+# --- the attacker and the careless operator: what hashes alone never caught --------------------
+
+
+def _run(engine: Engine, run_id: str, rounds: int = 2, end: bool = True) -> None:
+    """What the coordinator writes: run.start, a signed head after each round, run.end and a signed head."""
+    record(engine, actor="coordinator", action="run.start", resource=run_id)
+    for r in range(1, rounds + 1):
+        record(engine, actor="coordinator", action="round.end", resource=f"{run_id}/round-{r}")
+        sign_current_head(engine, KEY)
+    if end:
+        record(engine, actor="coordinator", action="run.end", resource=run_id, decision="completed")
+        sign_current_head(engine, KEY)
+
+
+def test_entries_after_the_last_signed_head_fail(engine: Engine) -> None:
+    _fill(engine, 10)
+    _fill(engine, 3, sign=False)  # never signed: whoever deletes them leaves no trace
+    report = _verify(engine)
+    assert not report.ok and report.first_bad_seq == 11
+    assert "entries 11..13 come after the last signed head (entry 10)" in report.problem
+    assert not _verify(engine, allow_open_run=True).ok  # they belong to no open run
+
+
+def test_a_cut_tail_that_removed_run_end_fails(engine: Engine) -> None:
+    _run(engine, "run-1")  # 1 start, 2-3 rounds, 4 end; heads at 2, 3, 4
+    assert _verify(engine).ok
+    _sql(engine, "DELETE FROM audit_signed_head WHERE seq = 4", "DELETE FROM audit_entry WHERE seq = 4")
+    report = _verify(engine)
+    assert not report.ok and "run run-1 has a run.start but no run.end" in report.problem
+
+
+def test_an_open_run_passes_only_when_allowed(engine: Engine) -> None:
+    _run(engine, "run-1")
+    _run(engine, "run-2", end=False)
+    record(
+        engine, actor="coordinator", action="train.refused", resource="run-2/bank_a/fit-3", decision="deny"
+    )
+    assert not _verify(engine).ok
+    report = _verify(engine, allow_open_run=True)
+    assert report.ok and report.unsigned == 1 and report.open_runs == ("run-2",)
+    record(engine, actor="keys", action="key.generate", resource="officer:abc")  # not part of the run
+    report = _verify(engine, allow_open_run=True)
+    assert not report.ok and report.first_bad_seq == 9 and "belongs to no open run" in report.problem
+
+
+def test_run_end_not_signed_is_not_an_open_run(engine: Engine) -> None:
+    _run(engine, "run-1", end=False)
+    record(engine, actor="coordinator", action="run.end", resource="run-1", decision="completed")
+    report = _verify(engine, allow_open_run=True)
+    assert not report.ok and report.first_bad_seq == 4
+
+
+def test_signed_heads_deleted_fail(engine: Engine) -> None:
+    _run(engine, "run-1")
+    _sql(engine, "DELETE FROM audit_signed_head")
+    report = _verify(engine)
+    assert (
+        not report.ok
+        and report.problem == "4 entries but no signed head covers them: nothing proves this history"
+    )
+
+
+def _rewrite(engine: Engine, seq: int, decision: str) -> Ed25519PrivateKey:
+    """The attacker with write access: change one entry, recompute every hash, re-sign with a key of his own."""
+    with Session(engine) as session:
+        prev = GENESIS
+        for entry in list(entries(session)):
+            if entry.seq == seq:
+                entry.decision = decision
+            entry.prev, entry.hash = prev, ""
+            entry.hash = prev = entry.compute_hash()
+            session.add(entry)
+        session.flush()
+        session.execute(text("DELETE FROM audit_signed_head"))
+        session.commit()
+    forger = Ed25519PrivateKey.generate()
+    sign_current_head(engine, forger)
+    return forger
+
+
+def test_a_rewritten_and_re_signed_chain_fails(engine: Engine) -> None:
+    _fill(engine, 4, sign=False)
+    record(engine, actor="node:bank_a", action="train.decide", resource="run-4", decision="deny")
+    _fill(engine, 5)  # the genuine log: entry 5 denied, signed by the node
+    assert _verify(engine).ok
+    forger = _rewrite(engine, 5, "permit")  # now it permits, every hash consistent, heads re-signed
+    forged = public_key_text(forger.public_key())
+    report = _verify(engine)
+    assert not report.ok and report.first_bad_seq == 10
+    assert f"signed by key {key_id(forged)}, which is not trusted" in report.problem
+    assert _verify(engine, (forged,)).ok  # it fools only whoever trusts the forger's key
+
+
+def test_a_head_with_a_bad_signature_fails(engine: Engine) -> None:
+    _fill(engine, 3)
+    _sql(engine, "UPDATE audit_signed_head SET seq = 2, hash = (SELECT hash FROM audit_entry WHERE seq = 2)")
+    report = _verify(engine)
+    assert not report.ok and report.problem == "signed head at entry 2 has an invalid signature"
+    _sql(engine, "UPDATE audit_signed_head SET signed_by = 'ed25519:\u00e9'")  # not even a key
+    report = _verify(engine)
+    assert not report.ok and "signed by key 'ed25519:\u00e9', which is not trusted" in report.problem
+
+
+def test_several_trusted_signers(engine: Engine) -> None:
+    _run(engine, "run-1")
+    _fill(engine, 2, sign=False)
+    sign_current_head(engine, NODE_KEY)
+    report = _verify(engine)
+    assert report.ok and report.signed_seq == 6 and report.signed_key == key_id(TRUSTED[1])
+    assert report.signers == tuple(sorted(key_id(k) for k in TRUSTED))
+    assert not _verify(engine, TRUSTED[:1]).ok  # the node's key is not trusted here
+
+
+def test_an_empty_log_fails_unless_expected(engine: Engine) -> None:
+    report = _verify(engine)
+    assert not report.ok and report.problem == "the audit log has no entries: nothing to verify"
+    assert _verify(engine, allow_empty=True).ok
+
+
+def test_sign_current_head(engine: Engine) -> None:
+    assert sign_current_head(engine, KEY) is None  # nothing to sign yet
+    _fill(engine, 2, sign=False)
+    head = sign_current_head(engine, KEY)
+    assert head is not None and head.seq == 2 and head.signed_by == TRUSTED[0]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from coordinator.cli import app
+from policies.audit import create_audit_engine, record, sign_current_head
+from policies.signing import public_key_text
 
 runner = CliRunner()
 
@@ -67,6 +73,8 @@ def test_explain_names_the_rules(examples: Path, tmp_path: Path) -> None:
         str(examples / "coastal_credit_union.toml"),
         "--request",
         str(request),
+        "--trust",
+        str(examples / "keys"),
         "--today",
         "2026-11-28",
     )
@@ -79,6 +87,8 @@ def test_explain_names_the_rules(examples: Path, tmp_path: Path) -> None:
         str(examples / "national_bank.toml"),
         "--request",
         str(request),
+        "--trust",
+        str(examples / "keys"),
         "--today",
         "2026-11-28",
     )
@@ -87,16 +97,69 @@ def test_explain_names_the_rules(examples: Path, tmp_path: Path) -> None:
 
 def test_audit_verify_exit_codes(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'a.db'}"
-    from policies.audit import create_audit_engine, record
-
+    key = Ed25519PrivateKey.generate()
+    trust = tmp_path / "coordinator.pub"
+    trust.write_text(public_key_text(key.public_key()) + "\n")
     engine = create_audit_engine(db)
     for i in range(3):
         record(engine, actor="t", action="a", resource=str(i))
-    code, out = _run("audit", "verify", "--db", db)
-    assert code == 0 and "intact: 3 entries" in out
+    sign_current_head(engine, key)
+    code, out = _run("audit", "verify", "--db", db, "--trust", str(trust))
+    assert code == 0 and "intact: 3 entries checked; last signed head at entry 3" in out
     with engine.begin() as conn:
-        from sqlalchemy import text
-
         conn.execute(text("UPDATE audit_entry SET actor = 'x' WHERE seq = 2"))
-    code, out = _run("audit", "verify", "--db", db)
+    code, out = _run("audit", "verify", "--db", db, "--trust", str(trust))
     assert code == 2 and "entry 2 was modified" in out
+
+
+def _request(examples: Path, tmp_path: Path, purpose: str, name: str = "req.json") -> Path:
+    request = tmp_path / name
+    key = str(examples / "keys" / "demo_coordinator.key")
+    assert _run("policy", "request", str(request), "--key", key, "--purpose", purpose)[0] == 0
+    return request
+
+
+def _explain(policy: Path, request: Path, trust: Path) -> tuple[int, str]:
+    args = ["policy", "explain", str(policy), "--request", str(request), "--trust", str(trust)]
+    result = runner.invoke(app, [*args, "--today", "2026-11-28"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output.strip()
+
+
+def test_explain_verifies_the_policy_as_the_node_does(examples: Path, tmp_path: Path) -> None:
+    policy, keys = examples / "national_bank.toml", examples / "keys"
+    request = _request(examples, tmp_path, "collections")
+    code, out = _explain(policy, request, keys)
+    assert code == 0 and out.startswith("DENY under policy.national_bank v1")
+    # the careless (or dishonest) officer widens the purposes after signing: the node refuses it
+    policy.write_text(policy.read_text().replace('"risk_monitoring"]', '"risk_monitoring", "collections"]'))
+    code, out = _explain(policy, request, keys)
+    assert code == 2 and len(out.splitlines()) == 1 and "PERMIT" not in out
+    assert out.startswith(f"error: {policy}: modified after signing")
+
+
+def test_explain_refuses_unsigned_and_untrusted_policies(examples: Path, tmp_path: Path) -> None:
+    request = _request(examples, tmp_path, "credit_underwriting")
+    policy = examples / "national_bank.toml"
+    code, out = _explain(policy, request, examples / "keys" / "demo_coordinator.pub")
+    assert code == 2 and "which this node does not trust" in out and len(out.splitlines()) == 1
+    (examples / "national_bank.toml.manifest.sig").unlink()
+    code, out = _explain(policy, request, examples / "keys")
+    assert code == 2 and f"error: {policy}: unsigned policy" in out and len(out.splitlines()) == 1
+
+
+def test_explain_turns_a_malformed_request_into_one_line(examples: Path, tmp_path: Path) -> None:
+    request = _request(examples, tmp_path, "credit_underwriting")
+    wire = json.loads(request.read_text())
+    del wire["request"]["purpose"]
+    request.write_text(json.dumps(wire))
+    code, out = _explain(examples / "national_bank.toml", request, examples / "keys")
+    assert code == 2 and out.startswith("error: malformed training request") and len(out.splitlines()) == 1
+
+
+def test_request_mints_a_unique_run_id(examples: Path, tmp_path: Path) -> None:
+    ids = [
+        json.loads(_request(examples, tmp_path, "collections", f"r{i}.json").read_text())["request"]["run_id"]
+        for i in range(2)
+    ]
+    assert ids[0] != ids[1] and all(re.fullmatch(r"explain-\d{8}T\d{6}Z-[0-9a-f]{8}", i) for i in ids)

@@ -67,9 +67,24 @@ def test_wrong_type() -> None:
         (
             "# lifetime_epsilon_budget = 10.0",
             "lifetime_epsilon_budget = 0.0",
-            "privacy.lifetime_epsilon_budget: epsilon must be > 0, got 0.0",
+            "privacy.lifetime_epsilon_budget: epsilon must be a finite number > 0, got 0.0",
         ),
-        ("# lifetime_epsilon_budget = 10.0", "lifetime_epsilon_budget = -3", "epsilon must be > 0, got -3"),
+        (
+            "# lifetime_epsilon_budget = 10.0",
+            "lifetime_epsilon_budget = -3",
+            "epsilon must be a finite number > 0, got -3",
+        ),
+        (
+            "# lifetime_epsilon_budget = 10.0",
+            "lifetime_epsilon_budget = nan",
+            "epsilon must be a finite number > 0, got nan",
+        ),
+        (
+            "# lifetime_epsilon_budget = 10.0",
+            "lifetime_epsilon_budget = inf",
+            "epsilon must be a finite number > 0, got inf",
+        ),
+        ("delta = 1e-5", "delta = nan", "privacy.delta: delta must be between 0 and 1 (exclusive), got nan"),
         (
             "expires = 2027-12-31",
             "expires = 2025-12-31",
@@ -86,7 +101,7 @@ def test_wrong_type() -> None:
             '["credit_underwriting", "astrology"]',
             "'astrology' is not one of",
         ),
-        ("\nversion = 1", "\nversion = 0", "version: must be > 0, got 0"),
+        ("\nversion = 1", "\nversion = 0", "version: must be a finite number > 0, got 0"),
         ("format_version = 1", "format_version = 9", "unsupported format_version 9"),
     ],
 )
@@ -139,7 +154,7 @@ def test_federation_secure_aggregation_and_client_dp_settings() -> None:
         "privacy.reconstruction_threshold: must be more than half of secure_aggregation_shares (5)"
         in _error(privacy("secure_aggregation_shares = 5\nreconstruction_threshold = 2"))
     )
-    assert "privacy.client_dp.noise_multiplier: must be > 0, got 0" in _error(
+    assert "privacy.client_dp.noise_multiplier: must be a finite number > 0, got 0" in _error(
         privacy("[privacy.client_dp]\nnoise_multiplier = 0\nclipping_norm = 1")
     )
     assert "privacy.client_dp.sigma: unknown key" in _error(

@@ -99,7 +99,12 @@ def _cheat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Messag
         [SimulatedNode(n, f, "sme") for n, f in folders.items()], tmp_path, use_examples=False
     )
     settings = RunSettings(
-        schema="sme", rounds=1, min_institutions=3, run_id="cheat", audit_url=f"sqlite:///{tmp_path / 'c.db'}"
+        schema="sme",
+        rounds=1,
+        min_institutions=3,
+        run_id="cheat",
+        demo_keys=True,
+        audit_url=f"sqlite:///{tmp_path / 'c.db'}",
     )
     with pytest.raises(RuntimeError):  # the cheating round produced no aggregate
         run_simulated_federation(nodes, settings)

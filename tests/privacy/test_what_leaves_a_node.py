@@ -28,6 +28,8 @@ ALLOWED_METRICS = {
     P.INSTITUTION,
     P.TRAIN_LOSS,
     P.EPSILON_SPENT,
+    P.DP_NOISE,
+    P.ATTESTATION,  # the institution's signature over (itself, request, phase, round, node): no data
     "loss",  # Flower's own: the evaluation loss and the row count of a fit or evaluation
     "num_examples",
 }
@@ -88,6 +90,7 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
         rounds=2,
         min_institutions=3,
         run_id="capture",
+        demo_keys=True,
         audit_url=f"sqlite:///{tmp_path / 'coordinator.db'}",
     )
     run_simulated_federation(nodes, settings, outer_mods=[CaptureReplies(capture)])
@@ -96,7 +99,7 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
     assert len(messages) >= 3 * 4  # stats, 2 training rounds, reference (+ evaluations) per node
     # metrics leave by design: only summaries of the node's holdout, under these names
     metrics = [m.get("metrics", {}) for m in messages]
-    assert {"auc", P.TRAIN_LOSS} <= set().union(*metrics) <= ALLOWED_METRICS
+    assert {"auc", P.TRAIN_LOSS, P.ATTESTATION} <= set().union(*metrics) <= ALLOWED_METRICS
     metric_numbers = np.array([float(v) for ms in metrics for v in ms.values() if isinstance(v, int | float)])
     sent_numbers = np.concatenate(
         [np.asarray(a, dtype=np.float64).ravel() for m in messages for a in m.get("arrays", [])]
