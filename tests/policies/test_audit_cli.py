@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from policies.audit import (
-    GENESIS,
     create_audit_engine,
     database_url,
     default_database_url,
@@ -27,6 +26,8 @@ from policies.audit import (
     sign_current_head,
 )
 from policies.signing import key_id, public_key_text
+
+from .test_audit import _rewrite
 
 runner = CliRunner()
 KEY = Ed25519PrivateKey.generate()
@@ -97,18 +98,7 @@ def _tail_cut(engine: Engine) -> None:  # run.end and its head removed: the log 
 
 
 def _rewritten(engine: Engine) -> None:  # deny -> permit, hashes recomputed, re-signed with a fresh key
-    with Session(engine) as session:
-        prev = GENESIS
-        for entry in list(entries(session)):
-            if entry.seq == 2:  # the refusal becomes a permit
-                entry.decision = "permit"
-            entry.prev, entry.hash = prev, ""
-            entry.hash = prev = entry.compute_hash()
-            session.add(entry)
-        session.flush()
-        session.execute(text("DELETE FROM audit_signed_head"))
-        session.commit()
-    sign_current_head(engine, Ed25519PrivateKey.generate())
+    _rewrite(engine, 2, "permit")
 
 
 ATTACKS: dict[str, tuple[Callable[[Engine], None], str]] = {
