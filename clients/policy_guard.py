@@ -29,9 +29,9 @@ from sqlmodel import Session
 
 from clients.node_data import CACHED_NODES, load_node_data
 from federation import protocol as P
-from policies.audit import append, create_audit_engine, sign_head, var_dir
-from policies.budget import spent_elsewhere
-from policies.contributions import EVALUATE, TRAIN, claim_contribution
+from policies.audit import append, create_audit_engine, lock_chain, sign_head, var_dir
+from policies.budget import ensure_ledger, spent_elsewhere
+from policies.contributions import EVALUATE, TRAIN, JoinLimits, claim_contribution
 from policies.decisions import Decision, Refusal, SignedRequest, evaluate_training
 from policies.documents import InstitutionPolicy, PolicyError
 from policies.signing import load_private_key, manifest_paths, read_public_keys, verify_policy
@@ -157,6 +157,16 @@ class PolicyGuard:
         institution, engine = node_audit(cfg)
         key = node_key(cfg)
         actor = f"node:{institution}"
+        config = _config(msg)
+        raw = config.get(P.TRAINING_REQUEST)
+        try:
+            if not isinstance(raw, bytes):
+                raise ValueError("the message carries no signed training request")
+            signed: SignedRequest | None = SignedRequest.from_wire(raw)
+            request_error = ""
+        except ValueError as exc:
+            signed, request_error = None, str(exc)
+        digest = "" if signed is None else signed.digest  # ties a refusal to the run it answers
         try:
             policy = verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
         except PolicyError as exc:
@@ -168,15 +178,10 @@ class PolicyGuard:
                 resource=cfg.get(P.NODE_POLICY, ""),
                 decision="deny",
                 rules=["deny.no_valid_policy"],
+                input_sha256=digest,
             )
-            return None, _refusal(key, msg, institution, ("deny.no_valid_policy",), (str(exc),))
-        config = _config(msg)
-        raw = config.get(P.TRAINING_REQUEST)
-        try:
-            if not isinstance(raw, bytes):
-                raise ValueError("the message carries no signed training request")
-            signed = SignedRequest.from_wire(raw)
-        except ValueError as exc:
+            return None, _refusal(key, msg, institution, ("deny.no_valid_policy",), (str(exc),), "", digest)
+        if signed is None:
             node_record(
                 engine,
                 key,
@@ -187,16 +192,23 @@ class PolicyGuard:
                 rules=["deny.no_request"],
                 policy_sha256=policy.sha256,
             )
-            return None, _refusal(key, msg, institution, ("deny.no_request",), (str(exc),), policy.sha256)
+            return None, _refusal(
+                key, msg, institution, ("deny.no_request",), (request_error,), policy.sha256
+            )
         records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
-        decision = evaluate_training(
-            policy,
-            signed,
-            records,
-            epsilon_spent_elsewhere=spent_elsewhere(engine, institution, signed.request.run_id),
-        )
         kind, round_ = contribution_of(msg, config)
+        limits = JoinLimits(policy.max_request_age_minutes, policy.max_runs_per_day)
+        ensure_ledger(engine)
         with Session(engine) as session:
+            # under the chain's write lock: what other runs spent, the decision, the claim
+            # and its audit entry are one transaction, so two runs cannot both pass the budget
+            lock_chain(session)
+            decision = evaluate_training(
+                policy,
+                signed,
+                records,
+                epsilon_spent_elsewhere=spent_elsewhere(session, institution, signed.request.run_id),
+            )
             try:
                 problem = (
                     claim_contribution(
@@ -205,7 +217,7 @@ class PolicyGuard:
                         signed=signed,
                         kind=kind,
                         round_=round_,
-                        max_age_minutes=policy.max_request_age_minutes,
+                        limits=limits,
                     )
                     if decision.allowed
                     else None

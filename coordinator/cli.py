@@ -17,14 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from clients.cli import node_app
 from coordinator.federation_policy import (
-    DEMO_COORDINATOR_KEY,
     DEMO_FEDERATION_POLICY,
     DEMO_FEDERATION_TRUST,
-    EXAMPLES,
     Asked,
     apply_federation_policy,
     check_members,
-    demo_key_name,
     public_key_of,
     verify_federation_policy,
 )
@@ -39,6 +36,7 @@ from federation.synthetic import generate_sme
 from federation.training import TrainConfig
 from policies.audit import describe_db_error, mask_passwords, var_dir
 from policies.cli import register as register_policy_commands
+from policies.demo_keys import DEMO_COORDINATOR_KEY, EXAMPLES, demo_key_name
 from policies.documents import FederationPolicy, PolicyError
 from policies.signing import generate_keypair
 
@@ -66,7 +64,6 @@ register_policy_commands(app)
 app.add_typer(node_app, name="node")
 
 console = Console()
-RUNS_DIR = Path("var/runs")
 EXAMPLE_APPLICANT = Path("examples/grocery_store_couple.csv")
 
 
@@ -247,6 +244,14 @@ def simulate(
             show_default=False,
         ),
     ] = None,
+    node_keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder with each institution's private key as <institution>.key: the keys its federation "
+            "policy lists for the members [default: demo keys or keys made for the run].",
+            show_default=False,
+        ),
+    ] = None,
     allow_demo_keys: Annotated[
         bool,
         typer.Option(
@@ -261,7 +266,7 @@ def simulate(
     from coordinator.simulation import SimulatedNode, members_of, with_policies
 
     run_id = new_run_id()
-    run_dir = RUNS_DIR / run_id
+    run_dir = runs_dir() / run_id
     asked = Asked(strategy.value if strategy else None, rounds, min_institutions, secure_aggregation, epsilon)
     try:
         policy, signer = None, None
@@ -305,7 +310,10 @@ def simulate(
             coordinator = public_key_of(key)
         settings = replace(settings, coordinator_key=key, test_path=federation.test_path)
         nodes = with_policies(
-            [SimulatedNode(name, path, federation.schema) for name, path in federation.institutions.items()],
+            [
+                SimulatedNode(name, path, federation.schema, node_key=_node_key(node_keys, name))
+                for name, path in federation.institutions.items()
+            ],
             run_dir,
             use_examples=use_examples,
             coordinator_key=coordinator,
@@ -316,6 +324,20 @@ def simulate(
     except (FedCreditError, PolicyError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     _print_report(report, run_dir)
+
+
+def _node_key(folder: Path | None, institution: str) -> Path | None:
+    if folder is None:
+        return None
+    path = folder / f"{institution}.key"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no private key for institution {institution} (--node-keys)")
+    return path
+
+
+def runs_dir() -> Path:
+    """Where runs are written: ``var/runs`` of the project (or of ``$FEDCREDIT_VAR_DIR``), from any folder."""
+    return var_dir() / "runs"
 
 
 def sandbox_coordinator_key() -> Path:
@@ -374,15 +396,15 @@ def _demo_keys_in_use(
 
 def _resolve_model_path(model: str) -> Path:
     if model == "latest":
-        runs = sorted(p for p in RUNS_DIR.glob("*/model.pt"))
+        runs = sorted(p for p in runs_dir().glob("*/model.pt"))
         if not runs:
-            raise FileNotFoundError(f"no runs under {RUNS_DIR}; run `fedcredit simulate` first")
+            raise FileNotFoundError(f"no runs under {runs_dir()}; run `fedcredit simulate` first")
         return runs[-1]
     path = Path(model)
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
-        candidate = RUNS_DIR / model / "model.pt"
+        candidate = runs_dir() / model / "model.pt"
         if candidate.is_file():
             return candidate
         raise FileNotFoundError(

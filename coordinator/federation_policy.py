@@ -4,32 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from federation.schema import resolve_schema
+from policies.demo_keys import DEMO_KEYS, EXAMPLES
 from policies.documents import FederationPolicy, PolicyError
 from policies.signing import key_id, load_private_key, public_key_text, read_public_keys, verify_policy
 
 if TYPE_CHECKING:  # the CLI imports this module; Flower loads only when a run starts
     from coordinator.server_app import RunSettings
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"
-DEMO_KEYS = EXAMPLES / "keys"
 DEMO_FEDERATION_POLICY = EXAMPLES / "sme_consortium.toml"
 DEMO_FEDERATION_TRUST = DEMO_KEYS / "demo_consortium.pub"
-DEMO_COORDINATOR_KEY = DEMO_KEYS / "demo_coordinator.key"
-
-
-@cache
-def _demo_public_keys() -> dict[str, str]:
-    return {read_public_keys(pub)[0]: pub.stem for pub in sorted(DEMO_KEYS.glob("demo_*.pub"))}
-
-
-def demo_key_name(public_key: str) -> str | None:
-    """The name of the published demo key (e.g. ``demo_coordinator``) that ``public_key`` is, else None."""
-    return _demo_public_keys().get(public_key.strip())
 
 
 def public_key_of(private_key: Path) -> str:

@@ -29,7 +29,6 @@ from flwr.serverapp import Grid
 from sqlmodel import Session
 
 from coordinator.client_dp import ClientLevelDPStrategy
-from coordinator.federation_policy import demo_key_name
 from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import Identify, RecordingStrategy, RoundLog, UnattributedReplyError
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
@@ -44,14 +43,12 @@ from federation.training import TrainConfig, predict_proba
 from policies.audit import append, create_audit_engine, database_url, record, sign_head
 from policies.contributions import EVALUATE
 from policies.decisions import Refusal, TrainingRequest, sign_request
+from policies.demo_keys import DEMO_COORDINATOR_KEY, demo_key_name
 from policies.documents import ClientLevelDP
 from policies.identity import Attestation, attributed_member
 from policies.signing import load_private_key, public_key_text
 
 STRATEGIES = ("fedavg", "fedprox")
-DEMO_COORDINATOR_KEY = (
-    Path(__file__).resolve().parents[1] / "policies" / "examples" / "keys" / "demo_coordinator.key"
-)
 
 RoundCallback = Callable[[int, dict[str, float]], None]
 
@@ -207,7 +204,10 @@ class Coordinator:
         record(self.audit, actor=self.actor, action=action, resource=resource, **fields)
 
     def _attribute_refusal(self, refusal: Refusal) -> str | None:
-        return refusal.attributed_member(self.members, refusal.node_id)
+        """The member that refused this run, if its key signed the refusal of this run's request."""
+        if refusal.input_sha256 != self.request.digest:
+            return None
+        return refusal.attributed_member(self.members)
 
     def _identify(self, phase: str) -> Identify:
         """Attribute each reply of ``phase`` to the member whose key signed it, or stop the run."""

@@ -14,10 +14,12 @@ from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
 from clients.client_app import build_client_app
-from coordinator.federation_policy import DEMO_KEYS, public_key_of
+from coordinator.federation_policy import public_key_of
 from coordinator.prompt_pickup import install_prompt_pickup
 from coordinator.server_app import RoundCallback, RunOutcome, RunSettings, build_server_app
 from federation import protocol as P
+from policies.demo_keys import DEMO_KEYS
+from policies.demo_keys import EXAMPLES as EXAMPLE_POLICIES
 from policies.signing import generate_keypair, read_public_keys, sign_policy
 
 PROJECT_VAR = Path("var")
@@ -54,8 +56,6 @@ class SimulatedNode:
             cfg[P.NODE_DP_SEED] = str(self.dp_seed)
         return cfg
 
-
-EXAMPLE_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "examples"
 
 SIMULATION_POLICY = """# SIMULATION POLICY: written and signed by `fedcredit simulate` for one run.
 format_version = 1
@@ -122,7 +122,7 @@ def with_policies(
             (folder / f"{node.institution}.toml").write_text(text, encoding="utf-8")
             sign_policy(folder / f"{node.institution}.toml", keys / "simulation_compliance.key")
             trusted = keys / "simulation_compliance.pub"
-            node_key = keys / f"node_{node.institution}.key"
+            node_key = node.node_key or keys / f"node_{node.institution}.key"
             if not node_key.is_file():
                 generate_keypair(keys, f"node_{node.institution}", comment="made by fedcredit simulate")
         out.append(

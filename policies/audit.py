@@ -54,9 +54,6 @@ def default_database_url() -> str:
     return f"sqlite:///{var_dir() / 'fedcredit.db'}"
 
 
-DEFAULT_DATABASE_URL = default_database_url()
-
-
 def database_url() -> str:
     """``$DATABASE_URL`` when set and non-empty (e.g. PostgreSQL in production), else the embedded SQLite file."""
     return os.environ.get("DATABASE_URL") or default_database_url()
@@ -123,7 +120,7 @@ class AuditEntry(SQLModel, table=True):
             "action": self.action,
             "resource": self.resource,
             "decision": self.decision,
-            "rules": json.loads(self.rules),
+            "rules": _rules(self.rules),
             "policy_sha256": self.policy_sha256,
             "input_sha256": self.input_sha256,
             "prev": self.prev,
@@ -131,6 +128,15 @@ class AuditEntry(SQLModel, table=True):
 
     def compute_hash(self, seq: int | None = None) -> str:
         return sha256_hex(canonical_json(self.body(seq)))
+
+
+def _rules(raw: str) -> Any:
+    """The stored rules; a value that is not JSON (a tampered row) is hashed as it stands, so it
+    shows as a modified entry instead of stopping the verification."""
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return {"not-json": str(raw)}
 
 
 class SignedHead(SQLModel, table=True):
@@ -211,7 +217,8 @@ def has_audit_log(session: Session) -> bool:
     return inspect(session.connection()).has_table(AuditEntry.__tablename__)
 
 
-def _lock(session: Session) -> None:
+def lock_chain(session: Session) -> None:
+    """Take the audit chain's write lock for the rest of the transaction (PostgreSQL; SQLite locks at BEGIN)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
 
@@ -232,7 +239,7 @@ def append(
     input_sha256: str = "",
 ) -> AuditEntry:
     """Add one entry to the chain in ``session``'s transaction; the caller commits."""
-    _lock(session)
+    lock_chain(session)
     last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
     entry = AuditEntry(
         seq=1 if last is None else last.seq + 1,
@@ -360,7 +367,8 @@ def verify_chain(
     if not heads:
         return _bad(n, 1, f"{n} entries but no signed head covers them: nothing proves this history")
     last = heads[-1]
-    started = {e.resource for e in rows if e.action == RUN_START}
+    # a run counts as open only if a trusted head covers its start: anyone can append a run.start
+    started = {e.resource for e in rows if e.action == RUN_START and e.seq <= last.seq}
     open_runs = tuple(sorted(started - {e.resource for e in rows if e.action == RUN_END}))
     tail = [e for e in rows if e.seq > last.seq]
     good = ChainReport(
@@ -413,7 +421,7 @@ def _bad(checked: int, seq: int, problem: str) -> ChainReport:
 
 def sign_head(session: Session, key: Ed25519PrivateKey) -> SignedHead | None:
     """Sign the current chain head (in the caller's transaction); None on an empty chain."""
-    _lock(session)
+    lock_chain(session)
     last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
     if last is None:
         return None

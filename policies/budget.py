@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
 from policies.audit import append, sign_head
+from policies.contributions import NodeRun, ensure_tables
 
 EPSILON_SLACK = 1e-9  # float noise in the accountant, never a real allowance
 
@@ -52,6 +53,8 @@ class PrivacySpend(SQLModel, table=True):
 
 @lru_cache(maxsize=64)
 def ensure_ledger(engine: Engine) -> None:
+    """The ledger's tables, and the run table it charges joined runs from."""
+    ensure_tables(engine)
     SQLModel.metadata.create_all(engine, tables=[PrivacySpend.__table__])  # type: ignore[attr-defined]
 
 
@@ -64,14 +67,18 @@ def run_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> fl
     return float(accountant.get_epsilon(delta))
 
 
-def spent_elsewhere(engine: Engine, institution: str, run_id: str) -> float:
-    """Epsilon of every other run of ``institution`` (each: max of planned and spent)."""
-    ensure_ledger(engine)
+def spent_elsewhere(session: Session, institution: str, run_id: str) -> float:
+    """Epsilon of every other run of ``institution``: for each, the largest of the epsilon it
+    planned when the node joined it and the epsilon its rounds spent."""
     per_run: dict[str, float] = {}
-    with Session(engine) as session:
-        rows = session.exec(
-            select(PrivacySpend).where(PrivacySpend.institution == institution, PrivacySpend.run_id != run_id)
-        ).all()
+    joined = session.exec(
+        select(NodeRun).where(NodeRun.institution == institution, NodeRun.run_id != run_id)
+    ).all()
+    for run in joined:
+        per_run[run.run_id] = max(per_run.get(run.run_id, 0.0), run.epsilon_planned or 0.0)
+    rows = session.exec(
+        select(PrivacySpend).where(PrivacySpend.institution == institution, PrivacySpend.run_id != run_id)
+    ).all()
     for r in rows:
         per_run[r.run_id] = max(per_run.get(r.run_id, 0.0), r.epsilon_planned, r.epsilon_spent)
     return float(sum(per_run.values()))

@@ -9,6 +9,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,9 +30,12 @@ from policies.audit import (
     has_audit_log,
     mask_url,
     open_audit_readonly,
+    var_dir,
     verify_chain,
 )
+from policies.contributions import STATS, JoinLimits, contribution_problem
 from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, sign_request
+from policies.demo_keys import demo_key_name
 from policies.documents import InstitutionPolicy, Policy, PolicyError, load_policy
 from policies.signing import (
     generate_keypair,
@@ -107,7 +111,9 @@ def _trusted(trust: Path) -> tuple[str, ...]:
 @keys_app.command("generate")
 def keys_generate(
     name: Annotated[str, typer.Argument(help="Key name: writes NAME.key (private) and NAME.pub.")],
-    out: Annotated[Path, typer.Option(help="Folder for the key files.")] = Path("var/keys"),
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the key files [default: the project's var/keys].")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Generate an Ed25519 key pair (private key readable by its owner only); audited as a key change.
@@ -115,6 +121,7 @@ def keys_generate(
     The key files and their audit entry are written together or not at all.
     """
     url = _database(db)
+    out = out or var_dir() / "keys"
     for path in (out / f"{name}.key", out / f"{name}.pub"):
         if path.exists():
             raise _fail(f"{path} exists; refusing to overwrite a key")
@@ -327,6 +334,11 @@ def policy_explain(
             raise PolicyError(f"{policy}: explain needs an institution policy")
         signed = SignedRequest.from_wire(request.read_bytes())
         decision = evaluate_training(loaded, signed, records, today=day)
+        # as the first message of a new run: a stale request or one from the future is refused too
+        limits = JoinLimits(loaded.max_request_age_minutes, loaded.max_runs_per_day)
+        joining = contribution_problem(signed, STATS, 0, None, (), dt.datetime.now(dt.UTC), limits)
+        if decision.allowed and joining is not None:
+            decision = replace(decision, allowed=False, rules=(joining[0],), reasons=(joining[1],))
     except (PolicyError, ValueError, OSError) as exc:
         raise _fail(exc) from None
     colour = "green" if decision.allowed else "red"
@@ -399,10 +411,11 @@ def audit_verify(
         if report.unsigned
         else ""
     )
+    demo = {key_id(k): name for k in trusted if (name := demo_key_name(k))}
+    signers = [f"{k} (DEMO key {demo[k]})" if k in demo else k for k in report.signers]
     console.print(
         f"[green]intact[/]: {report.checked} entries checked; last signed head at entry {report.signed_seq} "
-        f"({report.signed_hash}) by key {report.signed_key}; signers: {', '.join(report.signers)}"
-        + escape(tail),
+        f"({report.signed_hash}) by key {report.signed_key}; signers: {', '.join(signers)}" + escape(tail),
         highlight=False,
         soft_wrap=True,
     )

@@ -8,9 +8,14 @@ request announces, whatever the labels say:
 - one training update and one holdout evaluation per announced round
   (``1..rounds``), each round once;
 - nothing after the contribution-reference (the run is finished);
+- an evaluation for a round only after this node's update for that round;
 - a run is joined only while its request is fresh (issued at most the policy's
   ``max_request_age_minutes`` ago), and a run id stays bound to the first
-  request that used it, so an old request cannot be replayed.
+  request that used it, so an old request cannot be replayed;
+- at most the policy's ``max_runs_per_day`` new runs in any 24 hours, so that
+  opening run after run does not multiply what the bounds above allow; a DP
+  run's planned epsilon counts against the lifetime budget from the moment
+  it is joined (:func:`policies.budget.spent_elsewhere`).
 
 :func:`contribution_problem` is the pure rule; :func:`claim_contribution` applies
 it under the audit chain's lock and writes the contribution in the caller's
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
+from dataclasses import dataclass
 from functools import lru_cache
 
 from sqlalchemy import UniqueConstraint
@@ -36,6 +42,7 @@ REFERENCE = "contribution-reference"
 ONCE_PER_RUN = (STATS, REFERENCE)
 ONCE_PER_ROUND = (TRAIN, EVALUATE)
 CLOCK_SKEW = dt.timedelta(minutes=5)
+STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class NodeRun(SQLModel, table=True):
@@ -49,6 +56,7 @@ class NodeRun(SQLModel, table=True):
     run_id: str
     request_sha256: str
     rounds: int
+    epsilon_planned: float | None  # charged to the lifetime budget when the run is joined
     first_seen: str
 
 
@@ -66,6 +74,14 @@ class Contribution(SQLModel, table=True):
     ts: str
 
 
+@dataclass(frozen=True)
+class JoinLimits:
+    """What an institution policy allows a new run (see ``[federation]`` in docs/policies.md)."""
+
+    max_request_age_minutes: int
+    max_runs_per_day: int
+
+
 @lru_cache(maxsize=64)
 def ensure_tables(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine, tables=[NodeRun.__table__, Contribution.__table__])  # type: ignore[attr-defined]
@@ -78,14 +94,17 @@ def contribution_problem(
     bound_to: str | None,
     done: Collection[tuple[str, int]],
     now: dt.datetime,
-    max_age_minutes: int,
+    limits: JoinLimits,
+    runs_joined_last_day: int = 0,
 ) -> tuple[str, str] | None:
     """Why this contribution must not leave the node (rule, reason); None if it may.
 
     ``bound_to`` is the digest of the request the run id was first seen with (None
-    for a run the node has not seen); ``done`` the (kind, round) pairs already sent.
+    for a run the node has not seen); ``done`` the (kind, round) pairs already sent;
+    ``runs_joined_last_day`` the runs this node joined in the 24 hours before ``now``.
     """
     request = signed.request
+    max_age_minutes = limits.max_request_age_minutes
     if bound_to is not None and bound_to != signed.digest:
         return (
             "deny.run_id_reused",
@@ -102,6 +121,12 @@ def contribution_problem(
             )
         if age < -CLOCK_SKEW:
             return "deny.request_from_future", f"request issued at {request.issued_at}, in the future"
+        if runs_joined_last_day >= limits.max_runs_per_day:
+            return (
+                "deny.too_many_runs",
+                f"this node joined {runs_joined_last_day} runs in the last 24 hours; "
+                f"its policy allows {limits.max_runs_per_day}",
+            )
     if (REFERENCE, 0) in done:
         return "deny.run_finished", f"run {request.run_id} is finished at this node"
     if kind in ONCE_PER_RUN:
@@ -118,6 +143,11 @@ def contribution_problem(
                 "deny.contribution_repeated",
                 f"this node already sent its {kind} for round {round_} of run {request.run_id}",
             )
+        if kind == EVALUATE and (TRAIN, round_) not in done:
+            return (
+                "deny.evaluation_before_training",
+                f"this node sent no update for round {round_}: there is no model of its to evaluate",
+            )
     else:
         return "deny.unknown_contribution", f"unknown contribution kind {kind!r}"
     return None
@@ -130,15 +160,15 @@ def claim_contribution(
     signed: SignedRequest,
     kind: str,
     round_: int,
-    max_age_minutes: int,
+    limits: JoinLimits,
     now: dt.datetime | None = None,
 ) -> tuple[str, str] | None:
     """Check and record one contribution in ``session``'s transaction (the caller commits).
 
-    Two messages racing for the same slot cannot both pass: the unique constraints
-    refuse the second insert (:class:`sqlalchemy.exc.IntegrityError` at flush).
+    The caller holds the audit chain's write lock (:func:`policies.audit.lock_chain`);
+    two messages racing for the same slot cannot both pass in any case: the unique
+    constraints refuse the second insert (:class:`sqlalchemy.exc.IntegrityError` at flush).
     """
-    ensure_tables(session.get_bind())
     now = now or dt.datetime.now(dt.UTC)
     run_id = signed.request.run_id
     run = session.exec(
@@ -150,12 +180,20 @@ def claim_contribution(
             select(Contribution).where(Contribution.institution == institution, Contribution.run_id == run_id)
         )
     }
+    recent = 0
+    if run is None:
+        since = (now - dt.timedelta(days=1)).strftime(STAMP)
+        recent = len(
+            session.exec(
+                select(NodeRun.id).where(NodeRun.institution == institution, NodeRun.first_seen > since)
+            ).all()
+        )
     problem = contribution_problem(
-        signed, kind, round_, None if run is None else run.request_sha256, done, now, max_age_minutes
+        signed, kind, round_, None if run is None else run.request_sha256, done, now, limits, recent
     )
     if problem is not None:
         return problem
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = now.strftime(STAMP)
     if run is None:
         session.add(
             NodeRun(
@@ -163,6 +201,7 @@ def claim_contribution(
                 run_id=run_id,
                 request_sha256=signed.digest,
                 rounds=signed.request.rounds,
+                epsilon_planned=signed.request.epsilon,
                 first_seen=stamp,
             )
         )

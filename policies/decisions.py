@@ -215,6 +215,11 @@ def evaluate_training(
             "forbid.too_few_local_records",
             f"{local_records} local records, policy requires {policy.min_local_records}",
         )
+    if req.rounds > policy.max_rounds_per_run:
+        forbid(
+            "forbid.too_many_rounds",
+            f"the run announces {req.rounds} rounds, policy allows at most {policy.max_rounds_per_run}",
+        )
     if policy.require_secure_aggregation and not req.secure_aggregation:
         forbid(
             "forbid.secure_aggregation_required",
@@ -261,6 +266,9 @@ def evaluate_training(
     )
 
 
+REFUSAL_CONTEXT = "fedcredit refusal v1"  # see policies.identity.ATTESTATION_CONTEXT
+
+
 @dataclass(frozen=True)
 class Refusal:
     """What a refused node tells the coordinator (never data), signed with the node's key."""
@@ -274,7 +282,7 @@ class Refusal:
     signature: str = ""
 
     def payload(self) -> bytes:
-        raw = asdict(self)
+        raw: dict[str, Any] = {"signed": REFUSAL_CONTEXT, **asdict(self)}
         raw.pop("signature")
         raw["rules"], raw["reasons"] = list(self.rules), list(self.reasons)
         return canonical_json(raw)
@@ -282,15 +290,20 @@ class Refusal:
     def signed(self, key: Ed25519PrivateKey) -> Refusal:
         return replace(self, signature=sign_bytes(key, self.payload()))
 
-    def attributed_member(self, members: Mapping[str, str], node_id: int) -> str | None:
-        """The member who sent this refusal from ``node_id``, if its key signed it; else None."""
+    def attributed_member(self, members: Mapping[str, str]) -> str | None:
+        """The member who refused, if its key signed this refusal; else None.
+
+        The caller checks ``input_sha256`` is its own run's request, so an old refusal
+        replayed into another run is not attributed."""
         key = members.get(self.institution)
-        if key is None or self.node_id != node_id or not verify_bytes(key, self.payload(), self.signature):
+        if key is None or not verify_bytes(key, self.payload(), self.signature):
             return None
         return self.institution
 
     def to_reason(self) -> str:
-        return json.dumps({**json.loads(self.payload()), "signature": self.signature}, sort_keys=True)
+        raw = json.loads(self.payload())
+        raw.pop("signed")
+        return json.dumps({**raw, "signature": self.signature}, sort_keys=True)
 
     @classmethod
     def from_reason(cls, reason: str) -> Refusal | None:

@@ -39,6 +39,8 @@ NEVER_ALLOWED_PURPOSES = ("marketing",)
 ROLES = ("data_holder", "coordinator", "member", "auditor")
 STRATEGIES = ("fedavg", "fedprox")
 DEFAULT_MAX_REQUEST_AGE_MINUTES = 60
+DEFAULT_MAX_RUNS_PER_DAY = 24
+DEFAULT_MAX_ROUNDS_PER_RUN = 100
 KEY_PATTERN = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
 
 
@@ -87,6 +89,8 @@ class InstitutionPolicy:
     sha256: str
     # a run is joined only if its signed request was issued at most this long ago (replays)
     max_request_age_minutes: int = DEFAULT_MAX_REQUEST_AGE_MINUTES
+    max_runs_per_day: int = DEFAULT_MAX_RUNS_PER_DAY  # new runs joined in any 24 hours
+    max_rounds_per_run: int = DEFAULT_MAX_ROUNDS_PER_RUN  # a request announcing more is refused
 
     kind = "institution"
 
@@ -351,6 +355,8 @@ def _institution(r: _Reader, sha256: str) -> InstitutionPolicy:
         max_request_age_minutes=fed.get(
             "max_request_age_minutes", int, DEFAULT_MAX_REQUEST_AGE_MINUTES, _positive
         ),
+        max_runs_per_day=fed.get("max_runs_per_day", int, DEFAULT_MAX_RUNS_PER_DAY, _positive),
+        max_rounds_per_run=fed.get("max_rounds_per_run", int, DEFAULT_MAX_ROUNDS_PER_RUN, _positive),
     )
     both = set(policy.allowed_features) & set(policy.forbidden_features)
     if both:
@@ -392,6 +398,10 @@ def _federation(r: _Reader, sha256: str) -> FederationPolicy:
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise r.fail("members", "a member is listed twice")
+    keys = [m.public_key for m in members]
+    shared = sorted({m.name for m in members if keys.count(m.public_key) > 1})
+    if shared:
+        raise r.fail("members", f"{shared} share one public key: each member signs with a key of its own")
     if not any(m.role == "coordinator" for m in members):
         raise r.fail("members", "no member has the role 'coordinator'")
     dataset = r.sub("dataset")

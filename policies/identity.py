@@ -15,6 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from policies.signing import canonical_json, sign_bytes, verify_bytes
 
+# what a signature is for, inside what it covers: a node key's signature on one kind of
+# payload can never pass for another kind (its policy manifests, its refusals, its audit heads)
+ATTESTATION_CONTEXT = "fedcredit reply attestation v1"
+
 
 @dataclass(frozen=True)
 class Attestation:
@@ -27,7 +31,7 @@ class Attestation:
     node_id: int  # the Flower node the reply came from
 
     def payload(self) -> bytes:
-        return canonical_json(asdict(self))
+        return canonical_json({"signed": ATTESTATION_CONTEXT, **asdict(self)})
 
     def sign(self, key: Ed25519PrivateKey) -> str:
         return sign_bytes(key, self.payload())

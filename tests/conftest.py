@@ -90,3 +90,17 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = create_audit_engine(db_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes to the developer's var/ (audit database, keys, runs) or $DATABASE_URL."""
+    saved = {k: os.environ.get(k) for k in ("FEDCREDIT_VAR_DIR", "DATABASE_URL")}
+    os.environ["FEDCREDIT_VAR_DIR"] = str(tmp_path_factory.mktemp("var"))
+    os.environ.pop("DATABASE_URL", None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common import FitIns, Parameters
-from flwr.compat.common.recorddict_compat import fitins_to_recorddict
+from flwr.common import EvaluateIns, FitIns, Parameters
+from flwr.compat.common.recorddict_compat import evaluateins_to_recorddict, fitins_to_recorddict
 from sqlmodel import Session
 
 from clients import policy_guard
@@ -24,7 +24,14 @@ from federation import protocol as P
 from federation.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries, verify_chain
 from policies.decisions import Refusal, SignedRequest
-from policies.signing import canonical_json, load_private_key, public_key_text, read_public_keys, sign_bytes
+from policies.signing import (
+    canonical_json,
+    load_private_key,
+    public_key_text,
+    read_public_keys,
+    sign_bytes,
+    sign_policy,
+)
 
 from .test_client_app import request_bytes
 
@@ -332,13 +339,73 @@ def test_refusals_are_signed_by_the_node(node: dict[str, str]) -> None:
         )
     )
     node[P.NODE_KEY] = str(key_path)
-    refusal = _refusal(_run(node, request_bytes(purpose="collections"))[0])
+    request = request_bytes(purpose="collections")
+    refusal = _refusal(_run(node, request)[0])
+    assert refusal.input_sha256 == SignedRequest.from_wire(request).digest  # the run it refuses
     members = {"national_bank": public_key_text(key.public_key())}
-    assert refusal.attributed_member(members, 1) == "national_bank"
-    assert (
-        replace(refusal, institution="online_bank").attributed_member(
-            {"online_bank": members["national_bank"]}, 1
-        )
-        is None
+    assert refusal.attributed_member(members) == "national_bank"
+    # the signature covers the name and the run: it cannot be moved to another member or request
+    moved = replace(refusal, institution="online_bank")
+    assert moved.attributed_member({"online_bank": members["national_bank"]}) is None
+    assert replace(refusal, input_sha256="0" * 64).attributed_member(members) is None
+    # a node without a valid policy still says which run it refuses
+    Path(node[P.NODE_POLICY]).unlink()
+    assert _refusal(_run(node, request)[0]).input_sha256 == SignedRequest.from_wire(request).digest
+
+
+def test_opening_run_after_run_is_bounded(node: dict[str, str]) -> None:
+    """Each run gets one statistics answer; new runs are capped per day, and a DP run's
+    planned epsilon counts against the lifetime budget from the moment it is joined."""
+    policy = Path(node[P.NODE_POLICY])
+    policy.write_text(
+        policy.read_text()
+        .replace("# lifetime_epsilon_budget = 10.0", "lifetime_epsilon_budget = 10.0")
+        .replace("min_institutions_per_round = 3\n", "min_institutions_per_round = 3\nmax_runs_per_day = 5\n")
     )
-    assert refusal.attributed_member(members, 2) is None
+    sign_policy(policy, EXAMPLES / "keys" / "demo_national_bank.key")
+    # three statistics-only runs at epsilon 3: nothing trained, yet 9 of the budget of 10 is taken
+    for n in range(3):
+        reply, _ = _run(
+            node, request_bytes(min_institutions=3, epsilon=3.0, run_id=f"x{n}"), P.PHASE_STATS, 0
+        )
+        assert not reply.has_error()
+    reply, passed = _run(node, request_bytes(min_institutions=3, epsilon=3.0, run_id="x3"), P.PHASE_STATS, 0)
+    assert passed == [] and _refusal(reply).rules == ("forbid.lifetime_budget_exhausted",)
+    assert "9 already spent" in _refusal(reply).reasons[0]
+    for n in (4, 5):
+        assert not _run(
+            node, request_bytes(min_institutions=3, epsilon=0.2, run_id=f"x{n}"), P.PHASE_STATS, 0
+        )[0].has_error()
+    reply, passed = _run(node, request_bytes(min_institutions=3, epsilon=0.1, run_id="x6"), P.PHASE_STATS, 0)
+    assert passed == [] and _refusal(reply).rules == ("deny.too_many_runs",)
+
+
+def test_evaluation_only_after_this_nodes_update_and_rounds_are_capped(node: dict[str, str]) -> None:
+    """The holdout is no oracle: no evaluation without an update of this node for that round,
+    and a request announcing more rounds than the policy allows is refused."""
+    request = request_bytes(min_institutions=3, rounds=2)
+
+    def evaluate(round_: int) -> tuple[Message, list[Message]]:
+        msg = _message(request, P.PHASE_TRAIN, round_)
+        content = evaluateins_to_recorddict(
+            EvaluateIns(
+                Parameters(tensors=[], tensor_type="numpy.ndarray"),
+                {P.ROUND: round_, P.TRAINING_REQUEST: request},
+            ),
+            keep_input=True,
+        )
+        msg = Message(content=content, dst_node_id=1, message_type=MessageType.EVALUATE)
+        passed: list[Message] = []
+        ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+        reply = PolicyGuard(lambda _: node)(
+            msg, ctx, lambda m, _: passed.append(m) or Message(RecordDict(), reply_to=m)
+        )
+        return reply, passed
+
+    reply, passed = evaluate(1)
+    assert passed == [] and _refusal(reply).rules == ("deny.evaluation_before_training",)
+    assert not _run(node, request, P.PHASE_TRAIN, 1)[0].has_error()
+    assert not evaluate(1)[0].has_error()
+    assert _refusal(evaluate(1)[0]).rules == ("deny.contribution_repeated",)
+    reply, passed = _run(node, request_bytes(min_institutions=3, rounds=101, run_id="long"), P.PHASE_STATS, 0)
+    assert passed == [] and _refusal(reply).rules == ("forbid.too_many_rounds",)

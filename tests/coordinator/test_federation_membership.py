@@ -9,18 +9,16 @@ from pathlib import Path
 import pytest
 
 from coordinator.federation_policy import (
-    DEMO_COORDINATOR_KEY,
     DEMO_FEDERATION_POLICY,
     DEMO_FEDERATION_TRUST,
-    DEMO_KEYS,
     Asked,
     apply_federation_policy,
-    demo_key_name,
     load_federation_policy,
     public_key_of,
 )
 from coordinator.server_app import RunSettings
 from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
+from policies.demo_keys import DEMO_COORDINATOR_KEY, DEMO_KEYS, demo_key_name
 from policies.documents import FederationPolicy, PolicyError
 from policies.signing import generate_keypair, read_public_keys
 

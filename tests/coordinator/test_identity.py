@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from coordinator.server_app import Coordinator, RunOutcome, RunSettings
 from federation import protocol as P
 from federation.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries
+from policies.decisions import Refusal
 from policies.signing import load_private_key, read_public_keys
 
 KEYS = Path(__file__).resolve().parents[2] / "policies" / "examples" / "keys"
@@ -122,3 +124,14 @@ def test_one_member_cannot_answer_twice(
     ]
     with pytest.raises(UnattributedReplyError, match=r"\['national_bank'\] answered more than once"):
         _strategy(coordinator, RoundLog())._attributed(1, "fit", replies)  # type: ignore[arg-type]
+
+
+def test_a_refusal_counts_only_for_the_run_it_refused(coordinator: Coordinator) -> None:
+    """A member's signed refusal of an earlier run, replayed by anyone, is not this run's refusal."""
+    key = load_private_key(KEYS / "demo_national_bank.key")
+    now = Refusal(
+        "national_bank", ("forbid.purpose_not_allowed",), ("...",), "p" * 64, coordinator.request.digest
+    )
+    assert coordinator._attribute_refusal(now.signed(key)) == "national_bank"
+    assert coordinator._attribute_refusal(replace(now, input_sha256="e" * 64).signed(key)) is None
+    assert coordinator._attribute_refusal(now.signed(Ed25519PrivateKey.generate())) is None

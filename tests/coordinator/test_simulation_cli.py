@@ -17,8 +17,9 @@ from coordinator.client_dp import client_level_epsilon
 from federation.loading import load_dataset
 from federation.normalization import combine_moments, local_moments, stats_from_moments
 from federation.schema import resolve_schema
+from policies.demo_keys import DEMO_KEYS
 from policies.documents import ClientLevelDP
-from policies.signing import generate_keypair, sign_policy
+from policies.signing import generate_keypair, read_public_keys, sign_policy
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grocery_store_couple.csv"
 CONSORTIUM = Path(__file__).resolve().parents[2] / "policies" / "examples" / "sme_consortium.toml"
@@ -288,3 +289,38 @@ def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path)
     diff = torch.cat([(noisy[k] - plain[k]).flatten() for k in towers])
     sigma = 1.5 * 1.0 / 3
     assert 0.8 * sigma < float(diff.std()) < 1.2 * sigma
+
+
+def test_a_consortium_with_keys_of_its_own_runs_without_any_demo_key(tmp_path: Path) -> None:
+    """Its own coordinator, consortium and institution keys: no --allow-demo-keys, nothing DEMO,
+    the institutions named by their own keys, the whole log verified against the consortium's keys."""
+    keys = tmp_path / "keys"
+    text = CONSORTIUM.read_text()
+    for name in (
+        "coordinator",
+        "national_bank",
+        "online_bank",
+        "rural_cooperative",
+        "city_bank_east",
+        "coastal_credit_union",
+    ):
+        _, pub = generate_keypair(keys, name)
+        text = text.replace(read_public_keys(DEMO_KEYS / f"demo_{name}.pub")[0], read_public_keys(pub)[0])
+    policy = tmp_path / "federation.toml"
+    policy.write_text(text.replace("\nrounds = 10\n", "\nrounds = 2\n"))
+    consortium, consortium_pub = generate_keypair(tmp_path, "consortium")
+    sign_policy(policy, consortium)
+    run_dir, output = _simulate_in(
+        tmp_path,
+        [
+            *("--institutions", "3", "--rows", "6000", "--federation-policy", str(policy)),
+            *("--trust", str(consortium_pub), "--coordinator-key", str(keys / "coordinator.key")),
+            *("--node-keys", str(keys)),
+        ],
+    )
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["demo"] is None and "DEMO" not in output
+    assert sorted(report["institutions"]) == ["national_bank", "online_bank", "rural_cooperative"]
+    db = f"sqlite:///{tmp_path / 'var' / 'fedcredit.db'}"
+    verified = runner.invoke(app, ["audit", "verify", "--db", db, "--trust", str(keys / "coordinator.pub")])
+    assert verified.exit_code == 0 and "intact" in verified.output and "DEMO" not in verified.output

@@ -303,3 +303,19 @@ def test_sign_current_head(engine: Engine) -> None:
     _fill(engine, 2, sign=False)
     head = sign_current_head(engine, KEY)
     assert head is not None and head.seq == 2 and head.signed_by == TRUSTED[0]
+
+
+def test_a_forged_run_start_does_not_open_a_run(engine: Engine) -> None:
+    """Appending 'run.start FAKE' and entries under it does not make them an open run's tail."""
+    _run(engine, "run-1")
+    record(engine, actor="coordinator", action="run.start", resource="FAKE")
+    record(engine, actor="coordinator", action="train.decide", resource="FAKE/x", decision="permit")
+    report = _verify(engine, allow_open_run=True)
+    assert not report.ok and report.first_bad_seq == 5 and "belongs to no open run" in report.problem
+
+
+def test_a_row_that_is_not_json_is_a_modified_entry_not_a_crash(engine: Engine) -> None:
+    _run(engine, "run-1")
+    _sql(engine, "UPDATE audit_entry SET rules = 'not json' WHERE seq = 2")
+    report = _verify(engine)
+    assert not report.ok and report.first_bad_seq == 2 and "was modified" in report.problem

@@ -25,7 +25,8 @@ from policies.audit import (
     record,
     sign_current_head,
 )
-from policies.signing import key_id, public_key_text
+from policies.demo_keys import DEMO_COORDINATOR_KEY
+from policies.signing import key_id, load_private_key, public_key_text
 
 from .test_audit import _rewrite
 
@@ -277,3 +278,12 @@ def test_keys_generate_that_cannot_write_its_files_records_nothing(db_url: str, 
     with Session(engine) as session:
         assert list(entries(session)) == []  # no entry without its key
     engine.dispose()
+
+
+def test_a_log_signed_with_a_demo_key_says_so(engine: Engine, db_url: str) -> None:
+    demo = load_private_key(DEMO_COORDINATOR_KEY)
+    record(engine, actor="coordinator [DEMO keys]", action="run.start", resource="r")
+    record(engine, actor="coordinator [DEMO keys]", action="run.end", resource="r", decision="completed")
+    sign_current_head(engine, demo)
+    line = _one_line(_cli("audit", "verify", "--db", db_url, "--trust", str(DEMO_COORDINATOR_KEY.parent)), 0)
+    assert line.endswith("(DEMO key demo_coordinator)")

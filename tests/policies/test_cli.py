@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from typer.testing import CliRunner
 
 from coordinator.cli import app
 from policies.audit import create_audit_engine, record, sign_current_head
-from policies.signing import public_key_text
+from policies.decisions import SignedRequest, TrainingRequest
+from policies.signing import canonical_json, load_private_key, public_key_text, sign_bytes
 
 runner = CliRunner()
 
@@ -163,3 +166,33 @@ def test_request_mints_a_unique_run_id(examples: Path, tmp_path: Path) -> None:
         for i in range(2)
     ]
     assert ids[0] != ids[1] and all(re.fullmatch(r"explain-\d{8}T\d{6}Z-[0-9a-f]{8}", i) for i in ids)
+
+
+def _sign_wire(request: TrainingRequest, examples: Path, out: Path, **payload_changes: object) -> Path:
+    """A request the coordinator signs, payload changed as given (what no honest coordinator sends)."""
+    key = load_private_key(examples / "keys" / "demo_coordinator.key")
+    payload = request.payload() | payload_changes
+    wire = {
+        "request": payload,
+        "signed_by": public_key_text(key.public_key()),
+        "signature": sign_bytes(key, canonical_json(payload)),
+    }
+    out.write_bytes(canonical_json(wire))
+    return out
+
+
+@pytest.mark.parametrize("epsilon", ["0.0", "-1.0", "nan", "inf"])
+def test_explain_refuses_a_signed_impossible_epsilon(examples: Path, tmp_path: Path, epsilon: str) -> None:
+    """`policy explain` once answered PERMIT for these; a node refuses them as malformed."""
+    signed = SignedRequest.from_wire(_request(examples, tmp_path, "credit_underwriting").read_bytes())
+    request = _sign_wire(signed.request, examples, tmp_path / "bad.json", epsilon=epsilon)
+    code, out = _explain(examples / "national_bank.toml", request, examples / "keys")
+    assert code == 2 and "epsilon must be a finite number > 0" in out and "PERMIT" not in out
+
+
+def test_explain_refuses_a_stale_request_as_the_node_would(examples: Path, tmp_path: Path) -> None:
+    signed = SignedRequest.from_wire(_request(examples, tmp_path, "credit_underwriting").read_bytes())
+    stale = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    request = _sign_wire(signed.request, examples, tmp_path / "old.json", issued_at=stale)
+    code, out = _explain(examples / "national_bank.toml", request, examples / "keys")
+    assert code == 0 and "DENY under policy.national_bank v1" in out and "deny.stale_request" in out

@@ -125,6 +125,25 @@ def test_federation_policy_checks() -> None:
         text.replace('allowed_members = ["national_bank"', 'allowed_members = ["somebody"')
     )
     assert "rounds: 80 exceeds max_rounds 50" in _error(text.replace("rounds = 10\n", "rounds = 80\n"))
+    # one key for two members: a reply signed with it could be counted as either
+    online = 'public_key = "ed25519:hKOgKOAh/6W51BIB3L1lg13EheMga/JMwaMgVWwUVhA="'
+    national = 'public_key = "ed25519:+HIRcc++XM7QSKT5l6TQJVD4saTfncbVvzVGkJ0JCaw="'
+    assert online in text and national in text
+    assert "['national_bank', 'online_bank'] share one public key" in _error(text.replace(online, national))
+
+
+def test_institution_policy_run_limits() -> None:
+    policy = load_policy(EXAMPLES / "national_bank.toml")
+    assert isinstance(policy, InstitutionPolicy)
+    assert (policy.max_request_age_minutes, policy.max_runs_per_day, policy.max_rounds_per_run) == (
+        60,
+        24,
+        100,
+    )
+    text = _text().replace(
+        "min_institutions_per_round = 3\n", "min_institutions_per_round = 3\nmax_runs_per_day = 0\n"
+    )
+    assert "federation.max_runs_per_day: must be a finite number > 0, got 0" in _error(text)
 
 
 def test_federation_secure_aggregation_and_client_dp_settings() -> None:
