@@ -61,7 +61,8 @@ def _federate(
 ) -> tuple[FourDimensionModel, dict[str, float], float]:
     started = time.perf_counter()
     # simulation policies for every node (the demo examples would refuse on purpose)
-    nodes = with_policies(nodes, WORK / "policies", use_examples=False)
+    # a folder per run: each node's audit log and ledger start empty, as on a node that joins once
+    nodes = with_policies(nodes, WORK / "policies" / settings.run_id, use_examples=False)
     outcome = run_simulated_federation(
         nodes, settings, on_round=lambda r, m: print(f"  round {r:2d}  test AUC {m['auc']:.4f}", flush=True)
     )
