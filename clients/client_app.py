@@ -195,7 +195,11 @@ class CreditNodeClient(NumPyClient):
                 sign_with=self.key,
             )
         # the noise generator is seeded from the node's own randomness, never from the message
-        seed = secrets.randbits(63) if self.dp_seed is None else self.dp_seed * 1_000_003 + server_round
+        seed = (
+            secrets.randbits(63)
+            if self.dp_seed is None  # the same dp-seed at two nodes must not give them the same noise
+            else self.dp_seed * 1_000_003 + server_round * 101 + _stable_hash(self.node.institution)
+        )
         return train_local_dp(model, train, settings, plan, seed=seed), spent
 
     def evaluate(
