@@ -16,7 +16,11 @@ from policies.documents import InstitutionPolicy, PolicyError
 from policies.signing import key_id, load_private_key, public_key_text, read_public_keys, verify_policy
 
 console = Console()
-node_app = typer.Typer(help="Checks an institution runs on its own node.", no_args_is_help=True)
+node_app = typer.Typer(
+    help="Checks an institution runs on its own node.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 
 @node_app.command("check")

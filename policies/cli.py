@@ -48,11 +48,19 @@ from policies.signing import (
 )
 
 console = Console()
-keys_app = typer.Typer(help="Ed25519 signing keys.", no_args_is_help=True)
-policy_app = typer.Typer(
-    help="Sign, verify, read, compare and test compliance policies.", no_args_is_help=True
+keys_app = typer.Typer(
+    help="Ed25519 signing keys.", no_args_is_help=True, pretty_exceptions_show_locals=False
 )
-audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Sign, verify, read, compare and test compliance policies.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+audit_app = typer.Typer(
+    help="Check and export the hash-chained audit log.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 DbOption = Annotated[
     str | None,
