@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -335,6 +338,26 @@ def _node_key(folder: Path | None, institution: str) -> Path | None:
     return path
 
 
+SHOWN_APPLICANTS = 20
+
+
+def write_table_safely(frame: pd.DataFrame, out: Path, force: bool) -> None:
+    """Write ``frame`` as CSV or Parquet (by suffix), whole or not at all; never over a file unless ``force``."""
+    if out.is_dir():
+        raise FedCreditError(f"{out}: is a folder; give a file name ending .csv or .parquet")
+    if out.exists() and not force:
+        raise FedCreditError(f"{out}: exists; pass --force to replace it")
+    parquet = out.suffix.lower() in (".parquet", ".pq")
+    if not parquet and out.suffix.lower() != ".csv":
+        raise FedCreditError(f"{out}: write .csv or .parquet")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False) if parquet else frame.to_csv(tmp, index=False)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def runs_dir() -> Path:
     """Where runs are written: ``var/runs`` of the project (or of ``$FEDCREDIT_VAR_DIR``), from any folder."""
     return var_dir() / "runs"
@@ -421,8 +444,15 @@ def score_command(
     model: Annotated[str, typer.Option(help="Model file, run folder, run id, or 'latest'.")] = "latest",
     schema: Annotated[str | None, typer.Option(help="Schema name or file (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write every score to this CSV or Parquet file (one row per applicant)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Score applicants with a trained model: probability of default, points, and each dimension's part."""
+    """Score applicants with a trained model: probability of default, points, and each dimension's part.
+
+    Up to 20 applicants are shown as tables; more are summarised (use --out or --json for all)."""
     try:
         model_path = _resolve_model_path(model)
         try:
@@ -441,11 +471,29 @@ def score_command(
     except (FedCreditError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     result = score(net, data)
-    rows = [result.row(i) for i in range(len(result.ids))]
+    if out is not None:
+        try:
+            write_table_safely(result.frame(), out, force)
+        except (FedCreditError, OSError) as exc:
+            raise _fail(exc) from exc
+        console.print(f"wrote {len(result.ids)} scores to {out}", highlight=False)
     if as_json:
-        console.print_json(json.dumps({"model": str(model_path), "scores": rows}))
+        sys.stdout.write(json.dumps({"model": str(model_path), "scores": result.records()}) + "\n")
         return
-    for row in rows:
+    if out is not None:
+        return
+    if len(result.ids) > SHOWN_APPLICANTS:
+        pd_ = result.probability_of_default
+        p5, p50, p95 = np.percentile(result.points, [5, 50, 95])
+        console.print(
+            f"scored {len(result.ids)} applicants (model {model_path}): mean probability of default "
+            f"{pd_.mean():.2%}, points 5%/50%/95% {p5:.1f} / {p50:.1f} / {p95:.1f}; "
+            "every score with --out FILE or --json",
+            highlight=False,
+        )
+        return
+    for i in range(len(result.ids)):
+        row = result.row(i)
         table = Table(title=f"applicant {row['id']}  (model {model_path})")
         table.add_column("dimension")
         table.add_column("logit contribution", justify="right")
@@ -491,14 +539,15 @@ def data_generate(
     out: Annotated[Path, typer.Argument(help="Output CSV or Parquet file.")],
     rows: Annotated[int, typer.Option(min=100)] = 10_000,
     seed: Annotated[int, typer.Option()] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Generate synthetic SME borrowers with their true probability of default."""
     frame = generate_sme(rows, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(out, index=False)
-    else:
-        frame.to_csv(out, index=False)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_table_safely(frame, out, force)
+    except (FedCreditError, OSError) as exc:
+        raise _fail(exc) from exc
     console.print(f"wrote {rows} rows to {out} (default rate {frame['default_12m'].mean():.2%})")
 
 

@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from federation.loading import EncodedData
 from federation.model import FourDimensionModel, tensors
+from federation.training import PREDICT_BATCH
 
 # Points scale: 600 points at odds of 50 good : 1 bad, 20 points to double the odds.
 BASE_POINTS = 600.0
@@ -33,6 +35,41 @@ class ScoreBatch:
     dimensions: tuple[str, ...]
     contributions: np.ndarray  # (rows, dimensions), logit scale; sum + baseline = logit
 
+    def frame(self) -> pd.DataFrame:
+        """One row per applicant (columns built whole, no per-row Python)."""
+        columns: dict[str, object] = {
+            "id": self.ids.astype(str),
+            "probability_of_default": self.probability_of_default,
+            "points": np.round(self.points, 1),
+            "logit": self.logit,
+            "baseline": np.full(len(self.ids), self.baseline),
+        }
+        for j, dim in enumerate(self.dimensions):
+            columns[f"contribution_{dim}"] = self.contributions[:, j]
+        return pd.DataFrame(columns)
+
+    def records(self) -> list[dict[str, object]]:
+        """Every applicant as :meth:`row` gives it, from whole columns (for JSON)."""
+        points = np.round(self.points, 1).tolist()
+        return [
+            {
+                "id": str(i),
+                "probability_of_default": p,
+                "points": pts,
+                "logit": lg,
+                "baseline": self.baseline,
+                "contributions": dict(zip(self.dimensions, c, strict=True)),
+            }
+            for i, p, pts, lg, c in zip(
+                self.ids.tolist(),
+                self.probability_of_default.tolist(),
+                points,
+                self.logit.tolist(),
+                self.contributions.tolist(),
+                strict=True,
+            )
+        ]
+
     def row(self, i: int) -> dict[str, object]:
         return {
             "id": str(self.ids[i]),
@@ -47,11 +84,17 @@ class ScoreBatch:
 
 
 @torch.no_grad()
-def score(model: FourDimensionModel, data: EncodedData) -> ScoreBatch:
-    """Score every row of ``data`` in one batch."""
+def score(model: FourDimensionModel, data: EncodedData, batch: int = PREDICT_BATCH) -> ScoreBatch:
+    """Score every row of ``data``, ``batch`` rows at a time."""
     model.eval()
     numeric, categorical = tensors(data)
-    parts = model.contributions(numeric, categorical).numpy().astype(np.float64)
+    parts = np.concatenate(
+        [
+            model.contributions(n, c).numpy().astype(np.float64)
+            for n, c in zip(torch.split(numeric, batch), torch.split(categorical, batch), strict=True)
+        ]
+        or [np.zeros((0, len(model.dimensions)))]
+    )
     baseline = float(model.baseline().item())
     logit = parts.sum(axis=1) + baseline
     return ScoreBatch(

@@ -332,6 +332,8 @@ def policy_explain(
 ) -> None:
     """The decision a node would take on a request, with the rules that fired.
 
+    Exit code 0 for PERMIT, 1 for DENY, 2 when no decision can be taken.
+
     The policy is verified first, as the node does: unsigned, modified, untrusted or out of force
     means no decision (exit code 2).
     """
@@ -358,6 +360,8 @@ def policy_explain(
     console.print(
         f"policy sha256 {decision.policy_sha256}\nrequest sha256 {decision.input_sha256}", highlight=False
     )
+    if not decision.allowed:
+        raise typer.Exit(code=1)  # 0 PERMIT, 1 DENY, 2 no decision (a bad policy, request or file)
 
 
 @audit_app.command("verify")
@@ -433,27 +437,36 @@ def audit_verify(
 def audit_export(
     jsonl: Annotated[Path, typer.Option("--jsonl", help="Output file ('-' for standard output).")],
     db: DbOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the output file if it exists.")] = False,
 ) -> None:
-    """Write the whole chain as JSON lines, one entry per line, in sequence order (read-only)."""
+    """Write the whole chain as JSON lines, one entry per line, in sequence order (read-only).
+
+    The count goes to standard error, so standard output holds only the JSON lines."""
     url = _database(db)
+    to_stdout = str(jsonl) == "-"
+    if not to_stdout and jsonl.exists() and not force:
+        raise _fail(f"{jsonl}: exists; pass --force to replace it")
     with _database_errors(url, "reading the audit log"):
         engine = open_audit_readonly(url)
         try:
             with Session(engine) as session:
                 if not has_audit_log(session):
                     raise _fail(f"no audit log in {mask_url(url)}")
-                if str(jsonl) == "-":
+                if to_stdout:
                     count = export_jsonl(session, sys.stdout)
                 else:
+                    tmp = jsonl.with_name(f".{jsonl.name}.tmp")
                     try:
-                        out = jsonl.open("w", encoding="utf-8")
+                        with tmp.open("w", encoding="utf-8") as out:
+                            count = export_jsonl(session, out)
+                        tmp.replace(jsonl)
                     except OSError as exc:
                         raise _fail(f"cannot write {jsonl}: {exc.strerror or exc}") from None
-                    with out:
-                        count = export_jsonl(session, out)
+                    finally:
+                        tmp.unlink(missing_ok=True)
         finally:
             engine.dispose()
-    console.print(f"exported {count} entries", highlight=False)
+    typer.echo(f"exported {count} entries", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -287,3 +288,21 @@ def test_a_log_signed_with_a_demo_key_says_so(engine: Engine, db_url: str) -> No
     sign_current_head(engine, demo)
     line = _one_line(_cli("audit", "verify", "--db", db_url, "--trust", str(DEMO_COORDINATOR_KEY.parent)), 0)
     assert line.endswith("(DEMO key demo_coordinator)")
+
+
+def test_export_writes_only_json_lines_and_never_over_a_file(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    _coordinator_run(engine, "run-1")
+    result = _cli("audit", "export", "--jsonl", "-", "--db", db_url)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["seq"] == i for i, line in enumerate(lines, start=1))
+    assert "exported 4 entries" in result.stderr
+    out = tmp_path / "audit.jsonl"
+    out.write_text("an earlier export\n")
+    refused = _cli("audit", "export", "--jsonl", str(out), "--db", db_url)
+    assert refused.exit_code == 2 and "exists; pass --force" in refused.output
+    assert out.read_text() == "an earlier export\n"
+    assert _cli("audit", "export", "--jsonl", str(out), "--db", db_url, "--force").exit_code == 0
+    assert len(out.read_text().splitlines()) == 4

@@ -81,7 +81,7 @@ def test_explain_names_the_rules(examples: Path, tmp_path: Path) -> None:
         "--today",
         "2026-11-28",
     )
-    assert code == 0
+    assert code == 1  # a DENY is not a success
     assert "DENY under policy.coastal_credit_union v1" in out
     assert "forbid.purpose_not_allowed: purpose 'credit_underwriting' is not among ['risk_monitoring']" in out
     code, out = _run(
@@ -95,7 +95,7 @@ def test_explain_names_the_rules(examples: Path, tmp_path: Path) -> None:
         "--today",
         "2026-11-28",
     )
-    assert "PERMIT" in out and "permit.purpose_allowed" in out
+    assert code == 0 and "PERMIT" in out and "permit.purpose_allowed" in out
 
 
 def test_audit_verify_exit_codes(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_explain_verifies_the_policy_as_the_node_does(examples: Path, tmp_path: 
     policy, keys = examples / "national_bank.toml", examples / "keys"
     request = _request(examples, tmp_path, "collections")
     code, out = _explain(policy, request, keys)
-    assert code == 0 and out.startswith("DENY under policy.national_bank v1")
+    assert code == 1 and out.startswith("DENY under policy.national_bank v1")
     # the careless (or dishonest) officer widens the purposes after signing: the node refuses it
     policy.write_text(policy.read_text().replace('"risk_monitoring"]', '"risk_monitoring", "collections"]'))
     code, out = _explain(policy, request, keys)
@@ -195,4 +195,4 @@ def test_explain_refuses_a_stale_request_as_the_node_would(examples: Path, tmp_p
     stale = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     request = _sign_wire(signed.request, examples, tmp_path / "old.json", issued_at=stale)
     code, out = _explain(examples / "national_bank.toml", request, examples / "keys")
-    assert code == 0 and "DENY under policy.national_bank v1" in out and "deny.stale_request" in out
+    assert code == 1 and "DENY under policy.national_bank v1" in out and "deny.stale_request" in out
