@@ -14,6 +14,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from federation import protocol as P
+from federation.errors import FedCreditError
 from policies.decisions import Refusal
 
 
@@ -50,6 +51,10 @@ Identify = Callable[[ClientProxy, dict[str, Scalar], str, int], str]
 AttributeRefusal = Callable[[Refusal], str | None]
 
 
+class RunCannotContinueError(FedCreditError):
+    """A round ended with fewer institutions than the run needs: the run stops there."""
+
+
 class UnattributedReplyError(RuntimeError):
     """A reply that no member of the federation signed: it must not be counted."""
 
@@ -71,8 +76,10 @@ class RecordingStrategy(Strategy):
         min_results: int = 1,
         on_refusal: Callable[[int, str, Refusal], None] | None = None,
         on_round_end: Callable[[int], None] | None = None,
+        phase: str = "training",
     ) -> None:
         super().__init__()
+        self.phase = phase
         self.inner = inner
         self.log = log
         self.identify = identify
@@ -118,6 +125,24 @@ class RecordingStrategy(Strategy):
                     self.on_refusal(server_round, stage, refusal)
             self.log.failures.append(entry)
 
+    def _cannot_continue(self, server_round: int, what: str) -> RunCannotContinueError:
+        refused = [
+            f"{f['institution']} ({', '.join(f['rules'])})" if "rules" in f else f"a node ({f['reason']})"
+            for f in self.log.failures
+            if f["round"] == server_round
+        ]
+        return RunCannotContinueError(
+            f"{self.phase} round {server_round}: {what}, the run requires at least {self.min_results} "
+            "institutions; the run stops" + (f"; refused: {'; '.join(refused)}" if refused else "")
+        )
+
+    def halted(self, server_round: int, stage: str, failures: Sequence[object]) -> RunCannotContinueError:
+        """A round secure aggregation could not complete: its refusals recorded, the error to raise."""
+        # Flower's SecAgg+ lists each failed node twice (once per pass over the replies)
+        unique = list({str(f): f for f in failures}.values())
+        self._failures(server_round, stage, unique)
+        return self._cannot_continue(server_round, "secure aggregation could not complete the round")
+
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
 
@@ -149,10 +174,7 @@ class RecordingStrategy(Strategy):
                 entry["dp_noise"] = str(res.metrics[P.DP_NOISE])
         self._failures(server_round, "fit", failures)
         if len(results) < self.min_results:
-            raise RuntimeError(
-                f"round {server_round}: {len(results)} institution(s) trained, the run requires at least "
-                f"{self.min_results}; refusals: {[f.get('institution', f['reason']) for f in self.log.failures]}"
-            )
+            raise self._cannot_continue(server_round, f"{len(results)} institution(s) trained")
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if self.on_round_end is not None:
             self.on_round_end(server_round)

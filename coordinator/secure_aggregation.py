@@ -7,9 +7,17 @@ measures the error against the plain sum).
 
 from __future__ import annotations
 
-import flwr
-from flwr.server.workflow import SecAggPlusWorkflow
+from typing import cast
 
+import flwr
+from flwr.common import Context
+from flwr.server import LegacyContext
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp import Grid
+
+from coordinator.recording import RecordingStrategy, RunCannotContinueError
 from federation.flower_secagg import (
     FLOWER_VERSION,
     MASK_SCHEME,
@@ -25,6 +33,30 @@ WEIGHT_CLIPPING_RANGE = 16.0
 STATS_CLIPPING_RANGE = 1_000.0
 QUANTIZATION_RANGE = 2**30  # Flower rounds into int32: at most 2**31
 MODULUS_RANGE = 2**42
+
+
+class FailClosedSecAggPlusWorkflow(SecAggPlusWorkflow):
+    """Flower's SecAgg+, except that a round it cannot complete stops the run.
+
+    Flower's workflow logs "Secure aggregation halted" and the run goes on, round after
+    round, with the model it had; here the refusals are recorded and the run ends.
+    """
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        if not isinstance(context, LegacyContext):
+            raise TypeError(f"SecAgg+ runs in a LegacyContext, got {type(context).__name__}")
+        state = WorkflowState()
+        for step in (
+            self.setup_stage,
+            self.share_keys_stage,
+            self.collect_masked_vectors_stage,
+            self.unmask_stage,
+        ):
+            if not step(grid, context, state):
+                server_round = cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+                if isinstance(context.strategy, RecordingStrategy):
+                    raise context.strategy.halted(server_round, "fit", state.failures)
+                raise RunCannotContinueError(f"round {server_round}: secure aggregation could not complete")
 
 
 class SecureAggregationError(ValueError):
@@ -67,14 +99,14 @@ def secagg_workflow(
     shares: int | None = None,
     threshold: int | None = None,
     max_weight: float = MAX_ROWS_PER_NODE,
-) -> SecAggPlusWorkflow:
+) -> FailClosedSecAggPlusWorkflow:
     if mask_scheme() != MASK_SCHEME:
         raise SecureAggregationError(
             f"Flower {flwr.__version__}: SecAgg+ would run with Flower's own 32-bit mask seeds; "
             f"FedCredit runs it only with {MASK_SCHEME} (Flower {FLOWER_VERSION})"
         )
     num_shares, reconstruction_threshold = shares_and_threshold(institutions, shares, threshold)
-    return SecAggPlusWorkflow(
+    return FailClosedSecAggPlusWorkflow(
         num_shares=num_shares,
         reconstruction_threshold=reconstruction_threshold,
         max_weight=max_weight,

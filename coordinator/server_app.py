@@ -275,6 +275,7 @@ class Coordinator:
             min_results=self.settings.min_institutions,
             on_refusal=lambda r, stage, refusal: self._on_refusal(phase, r, stage, refusal),
             on_round_end=self._on_round_end if phase == P.PHASE_TRAIN else None,
+            phase="training" if phase == P.PHASE_TRAIN else phase,
         )
 
     def _model_config(self, stats: NormStats) -> dict[str, Scalar]:

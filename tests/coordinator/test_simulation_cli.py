@@ -324,3 +324,27 @@ def test_a_consortium_with_keys_of_its_own_runs_without_any_demo_key(tmp_path: P
     db = f"sqlite:///{tmp_path / 'var' / 'fedcredit.db'}"
     verified = runner.invoke(app, ["audit", "verify", "--db", db, "--trust", str(keys / "coordinator.pub")])
     assert verified.exit_code == 0 and "intact" in verified.output and "DEMO" not in verified.output
+
+
+def test_a_run_that_cannot_go_on_stops_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3,000 borrowers over five banks: only the national bank has the 1,000 records its policy needs.
+    SecAgg+ cannot complete the first round; the run stops there, says who refused and why (each
+    institution once), writes no model."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEDCREDIT_VAR_DIR", str(tmp_path / "var"))
+    result = runner.invoke(app, ["demo", "--rows", "3000"])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert line.startswith(
+        "error: normalization-stats round 1: secure aggregation could not complete the round"
+    )
+    assert "online_bank (forbid.too_few_local_records)" in line and line.count("online_bank") == 1
+    assert "coastal_credit_union (forbid.purpose_not_allowed, forbid.too_few_local_records)" in line
+    assert "national_bank" not in line
+    (run_dir,) = (tmp_path / "var" / "runs").iterdir()
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "report.json").exists()
+    export = runner.invoke(app, ["audit", "export", "--jsonl", "-"])
+    entries = [json.loads(x) for x in export.stdout.splitlines()]
+    assert entries[-1]["action"] == "run.end" and entries[-1]["decision"] == "failed"
+    assert {e["action"] for e in entries} >= {"run.start", "fit.refused"}
+    assert "round.end" not in {e["action"] for e in entries}  # no round was ever counted as done
