@@ -236,6 +236,8 @@ def load_schema(path: str | Path) -> Schema:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SchemaError(f"{path}: cannot read schema ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not UTF-8 text (byte {exc.start}); a schema is a TOML file") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

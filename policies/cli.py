@@ -253,6 +253,11 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def _shown(value: Any) -> str:
+    """A setting as a policy file writes it: dates as 2027-12-31, not datetime.date(2027, 12, 31)."""
+    return value.isoformat() if isinstance(value, dt.date) else repr(value)
+
+
 def describe_changes(old: Policy, new: Policy) -> list[str]:
     """What changed between two policies, one sentence per setting."""
     a, b = _flatten(old), _flatten(new)
@@ -266,7 +271,7 @@ def describe_changes(old: Policy, new: Policy) -> list[str]:
             parts = ([f"added {added}"] if added else []) + ([f"removed {removed}"] if removed else [])
             lines.append(f"{key}: {'; '.join(parts) or 'reordered'}")
         else:
-            lines.append(f"{key}: {x!r} -> {y!r}")
+            lines.append(f"{key}: {_shown(x)} -> {_shown(y)}")
     return lines
 
 

@@ -116,9 +116,16 @@ def read_public_keys(path: str | Path) -> tuple[str, ...]:
             lines = file.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             raise SignatureError(f"{file}: no public key file here") from None
-        for line in lines:
+        except OSError as exc:
+            raise SignatureError(f"{file}: cannot read public keys ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise SignatureError(f"{file}: not a public key file (not text)") from None
+        for number, line in enumerate(lines, start=1):
             if line.strip() and not line.lstrip().startswith("#"):
-                parse_public_key(line)
+                try:
+                    parse_public_key(line)
+                except SignatureError as exc:
+                    raise SignatureError(f"{file}:{number}: {exc}") from None
                 keys.append(line.strip())
     return tuple(keys)
 

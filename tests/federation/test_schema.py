@@ -95,3 +95,10 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 def test_unknown_builtin_lists_what_is_shipped() -> None:
     with pytest.raises(SchemaError, match="no built-in schema 'nope'; shipped: sme, uci_homo, uci_raw"):
         resolve_schema("nope")
+
+
+def test_a_schema_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'name = "x"\n\xff\xfe garbage')
+    with pytest.raises(SchemaError, match=r"bad\.toml: not UTF-8 text \(byte 11\); a schema is a TOML file"):
+        resolve_schema(path)

@@ -57,12 +57,14 @@ def test_diff_in_words(examples: Path, tmp_path: Path) -> None:
         old.read_text()
         .replace("\nversion = 1", "\nversion = 2")
         .replace("min_local_records = 1000", "min_local_records = 500")
+        .replace("expires = 2027-12-31", "expires = 2028-06-30")
     )
     new.write_text(text.replace('["credit_underwriting", "risk_monitoring"]', '["credit_underwriting"]'))
     code, out = _run("policy", "diff", str(old), str(new))
     assert code == 0
     assert "header.version: 1 -> 2" in out
     assert "min_local_records: 1000 -> 500" in out
+    assert "header.expires: 2027-12-31 -> 2028-06-30" in out and "datetime" not in out
     assert "allowed_purposes: removed ['risk_monitoring']" in out
 
 
@@ -196,3 +198,14 @@ def test_explain_refuses_a_stale_request_as_the_node_would(examples: Path, tmp_p
     request = _sign_wire(signed.request, examples, tmp_path / "old.json", issued_at=stale)
     code, out = _explain(examples / "national_bank.toml", request, examples / "keys")
     assert code == 1 and "DENY under policy.national_bank v1" in out and "deny.stale_request" in out
+
+
+def test_a_garbage_trust_file_is_one_line_naming_it(examples: Path, tmp_path: Path) -> None:
+    binary, wrong = tmp_path / "binary.pub", tmp_path / "wrong.pub"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    wrong.write_text("# the officer\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5\n")
+    policy = str(examples / "national_bank.toml")
+    code, out = _run("policy", "verify", policy, "--trust", str(binary))
+    assert code == 2 and out == f"error: {binary}: not a public key file (not text)"
+    code, out = _run("policy", "verify", policy, "--trust", str(wrong))
+    assert code == 2 and out.startswith(f"error: {wrong}:2: not an Ed25519 public key")
