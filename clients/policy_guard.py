@@ -29,6 +29,7 @@ from sqlmodel import Session
 
 from clients.node_data import CACHED_NODES, load_node_data
 from federation import protocol as P
+from federation.errors import DataValidationError, FedCreditError
 from policies.audit import append, create_audit_engine, lock_chain, sign_head, var_dir
 from policies.budget import ensure_ledger, spent_elsewhere
 from policies.contributions import EVALUATE, TRAIN, JoinLimits, claim_contribution
@@ -36,6 +37,7 @@ from policies.decisions import Decision, Refusal, SignedRequest, evaluate_traini
 from policies.documents import InstitutionPolicy, PolicyError
 from policies.signing import load_private_key, manifest_paths, read_public_keys, verify_policy
 
+NODE_DATA_INVALID = "deny.node_data_invalid"  # the node's data fails its schema: a node failure
 POLICY_DENIED = 4030  # Error code of a refusal by the node's policy
 NodeConfigResolver = Callable[[Context], Mapping[str, str]]
 
@@ -100,6 +102,16 @@ def _refusal(
     """A refusal the coordinator can attribute: signed with the node's key when it has one."""
     refusal = Refusal(institution, rules, reasons, policy_sha256, input_sha256, msg.metadata.dst_node_id)
     return refusal.signed(key) if key is not None else refusal
+
+
+def data_problem_summary(exc: FedCreditError) -> str:
+    """What the coordinator may learn of a node's bad data: which columns, never a value or a row."""
+    if not isinstance(exc, DataValidationError):
+        return f"the node cannot load its data ({type(exc).__name__}); the details stay at the node"
+    whole_file = [p.message for p in exc.problems if not p.rows and not p.column]
+    columns = sorted({p.column for p in exc.problems if p.column})
+    parts = whole_file + ([f"problems in column(s) {', '.join(columns)}"] if columns else [])
+    return f"the node's data fails its schema: {'; '.join(parts)}"
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:
@@ -195,7 +207,22 @@ class PolicyGuard:
             return None, _refusal(
                 key, msg, institution, ("deny.no_request",), (request_error,), policy.sha256
             )
-        records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
+        try:
+            records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
+        except FedCreditError as exc:
+            node_record(
+                engine,
+                key,
+                actor=actor,
+                action="node.data.load",
+                resource=cfg.get(P.NODE_DATA_PATH, ""),
+                decision="deny",
+                rules=[NODE_DATA_INVALID],
+                input_sha256=digest,
+            )
+            return None, _refusal(
+                key, msg, institution, (NODE_DATA_INVALID,), (data_problem_summary(exc),), "", digest
+            )
         kind, round_ = contribution_of(msg, config)
         limits = JoinLimits(policy.max_request_age_minutes, policy.max_runs_per_day)
         ensure_ledger(engine)

@@ -19,6 +19,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from clients.cli import node_app
+from clients.policy_guard import NODE_DATA_INVALID
 from coordinator.federation_policy import (
     DEMO_FEDERATION_POLICY,
     DEMO_FEDERATION_TRUST,
@@ -149,8 +150,9 @@ def _print_report(report: dict[str, object], run_dir: Path) -> None:
     for name, failure in sorted(refused.items()):
         rules = failure["rules"]
         assert isinstance(rules, list)
+        what = "failed at" if NODE_DATA_INVALID in rules else "refused by"
         console.print(
-            f"[bold red]refused[/] by [bold]{name}[/]'s policy ({', '.join(rules)}): "
+            f"[bold red]{what}[/] [bold]{name}[/] ({', '.join(rules)}): "
             f"{failure['reason']}; the run went on without it"
         )
     table = Table(title=f"run {report['run_id']}")
@@ -327,6 +329,25 @@ def simulate(
     except (FedCreditError, PolicyError, OSError, ValueError) as exc:
         raise _fail(exc) from exc
     _print_report(report, run_dir)
+    failed = node_failures(report)
+    if failed:
+        raise _fail(
+            f"{len(failed)} node(s) failed and the run went on without them: {'; '.join(failed)} "
+            f"(see {run_dir / 'report.json'})"
+        )
+
+
+def node_failures(report: dict[str, object]) -> list[str]:
+    """Nodes that failed (not a policy's refusal): a node error, or data its schema refuses; each once."""
+    failures = report.get("failures") or []
+    assert isinstance(failures, list)
+    seen: dict[str, str] = {}
+    for f in failures:
+        rules = f.get("rules")
+        if rules is None or NODE_DATA_INVALID in rules:
+            who = str(f.get("institution", "a node"))
+            seen.setdefault(f"{who}: {f['reason']}", who)
+    return list(seen)
 
 
 def _node_key(folder: Path | None, institution: str) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,17 @@ def _clean(metrics: dict[str, Scalar]) -> dict[str, Any]:
 Identify = Callable[[ClientProxy, dict[str, Scalar], str, int], str]
 # a refusal -> the member who signed it, None if no member did
 AttributeRefusal = Callable[[Refusal], str | None]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def readable(reason: str, limit: int = 300) -> str:
+    """A node's error as one line for the report: no terminal colours, no traceback, the last word."""
+    lines = [line.strip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    said = [line for line in lines if "Message:" in line]
+    line = (said or lines or [""])[-1].split("Message:", 1)[-1].strip()
+    return line[:limit]
 
 
 class RunCannotContinueError(FedCreditError):
@@ -112,7 +124,7 @@ class RecordingStrategy(Strategy):
                 reason = getattr(error, "reason", None) or repr(failure)
             else:
                 reason = f"status {failure[1].status.message}"  # type: ignore[index]
-            entry: dict[str, Any] = {"round": server_round, "stage": stage, "reason": reason}
+            entry: dict[str, Any] = {"round": server_round, "stage": stage, "reason": readable(reason)}
             refusal = Refusal.from_reason(reason)
             if refusal is not None:
                 member = self.attribute_refusal(refusal)

@@ -409,3 +409,21 @@ def test_evaluation_only_after_this_nodes_update_and_rounds_are_capped(node: dic
     assert _refusal(evaluate(1)[0]).rules == ("deny.contribution_repeated",)
     reply, passed = _run(node, request_bytes(min_institutions=3, rounds=101, run_id="long"), P.PHASE_STATS, 0)
     assert passed == [] and _refusal(reply).rules == ("forbid.too_many_rounds",)
+
+
+def test_a_node_whose_data_fails_its_schema_says_where_never_what(
+    node: dict[str, str], sme_frame: pd.DataFrame
+) -> None:
+    """The refusal names the problem and the columns; no value and no row leaves the node."""
+    train = Path(node[P.NODE_DATA_PATH]) / TRAIN_FILE
+    bad = sme_frame.drop(columns=["true_pd"]).astype({"monthly_revenue": object})
+    bad.loc[3, "monthly_revenue"] = "SECRET-VALUE"
+    bad.to_csv(train, index=False)
+    reply, passed = _run(node, request_bytes(min_institutions=3))
+    refusal = _refusal(reply)
+    assert passed == [] and refusal.rules == ("deny.node_data_invalid",)
+    assert refusal.reasons == ("the node's data fails its schema: problems in column(s) monthly_revenue",)
+    assert "SECRET-VALUE" not in reply.error.reason
+    sme_frame.drop(columns=["true_pd"]).head(20).to_csv(train, index=False)  # a new mtime: read again
+    refusal = _refusal(_run(node, request_bytes(min_institutions=3))[0])
+    assert refusal.reasons == ("the node's data fails its schema: too few rows: 20, at least 50 required",)

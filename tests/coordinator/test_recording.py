@@ -39,3 +39,27 @@ def test_a_halted_secure_round_counts_each_refusal_once() -> None:
     twice = [_refusal("bank_a", "forbid.x")] * 2
     error = strategy.halted(1, "fit", twice)
     assert str(error).count("bank_a") == 1 and "secure aggregation could not complete" in str(error)
+
+
+def test_a_node_error_is_one_readable_line() -> None:
+    from coordinator.recording import readable
+
+    ray = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m\n"
+        '  File "x.py", line 3\n\nException ClientAppException occurred. Message: too few rows: 37\n'
+    )
+    assert readable(ray) == "too few rows: 37"
+
+
+def test_only_node_failures_fail_the_command() -> None:
+    from coordinator.cli import node_failures
+
+    report = {
+        "failures": [
+            {"round": 1, "institution": "a", "rules": ["forbid.purpose_not_allowed"], "reason": "purpose"},
+            {"round": 1, "institution": "b", "rules": ["deny.node_data_invalid"], "reason": "too few rows"},
+            {"round": 2, "institution": "b", "rules": ["deny.node_data_invalid"], "reason": "too few rows"},
+            {"round": 1, "reason": "boom"},
+        ]
+    }
+    assert node_failures(report) == ["b: too few rows", "a node: boom"]

@@ -120,7 +120,7 @@ def test_report_has_rounds_institutions_and_files(run: tuple[Path, str]) -> None
 
 def test_refusal_is_visible_and_audited(run: tuple[Path, str]) -> None:
     run_dir, output = run
-    assert "refused by coastal_credit_union's policy (forbid.purpose_not_allowed" in " ".join(output.split())
+    assert "refused by coastal_credit_union (forbid.purpose_not_allowed" in " ".join(output.split())
     workdir = run_dir.parents[2]
     db = f"sqlite:///{workdir / 'var' / 'fedcredit.db'}"
     trust = str(CONSORTIUM.parent / "keys")  # the demo coordinator signed the chain heads
