@@ -161,10 +161,20 @@ def _print_report(report: dict[str, object], run_dir: Path) -> None:
     table.add_column("holdout AUC", justify="right")
     institutions = report["institutions"]
     assert isinstance(institutions, dict)
+    spent = {
+        name: max((r["epsilon_spent"] for r in inst["rounds"] if "epsilon_spent" in r), default=None)
+        for name, inst in institutions.items()
+    }
+    with_dp = any(v is not None for v in spent.values())
+    if with_dp:
+        table.add_column("epsilon spent", justify="right")
     for name, inst in sorted(institutions.items()):
         last = inst["rounds"][-1] if inst["rounds"] else {}
         auc = last.get("auc")
-        table.add_row(name, str(inst["train_rows"]), "-" if auc is None else f"{auc:.4f}")
+        cells = [name, str(inst["train_rows"]), "-" if auc is None else f"{auc:.4f}"]
+        if with_dp:
+            cells.append("-" if spent[name] is None else f"{spent[name]:.3f}")
+        table.add_row(*cells)
     console.print(table)
     if final:
         console.print(
@@ -597,9 +607,14 @@ def data_partition(
         float, typer.Option(help="Share of each institution's rows kept as its holdout.")
     ] = 0.25,
     seed: Annotated[int, typer.Option()] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Write into OUT even if it is not empty.")] = False,
 ) -> None:
     """Split SME borrowers into institutions with realistic size, region and industry skew."""
     try:
+        if out.is_file():
+            raise FedCreditError(f"{out}: is a file; give a folder for the institutions")
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise FedCreditError(f"{out}: is not empty; pass --force to write the institutions into it")
         schema = resolve_schema("sme")
         frame = read_table(path, schema)
         encode_frame(frame, schema, str(path))  # refuse to split a file that is not valid SME data
@@ -623,9 +638,24 @@ def schema_show(name: Annotated[str, typer.Argument(help="Schema name or TOML fi
     for col in ("column", "dimension", "type", "range / categories", "transform", "missing", "protected"):
         table.add_column(col)
     for c in s.columns:
-        rng = ", ".join(c.categories) if c.categories else f"[{c.min}, {c.max}]"
+        rng = ", ".join(c.categories) if c.categories else value_range(c.min, c.max)
         table.add_row(c.name, c.dimension, c.type, rng, c.transform, c.missing, "yes" if c.protected else "")
     console.print(table)
+
+
+def value_range(low: float | None, high: float | None) -> str:
+    """A column's valid range in words: ``0 to 10``, ``at least 0``, ``at most 1``, ``any``."""
+
+    def shown(v: float) -> str:
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:g}"
+
+    if low is None and high is None:
+        return "any"
+    if high is None:
+        return f"at least {shown(low)}"  # type: ignore[arg-type]
+    if low is None:
+        return f"at most {shown(high)}"
+    return f"{shown(low)} to {shown(high)}"
 
 
 @schema_app.command("dump")

@@ -13,7 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import roc_curve
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_auc_score, roc_curve
 from sqlmodel import Session
 
 from coordinator.client_dp import client_level_epsilon
@@ -126,11 +127,13 @@ def plot_run(path: Path, outcome: RunOutcome) -> None:
         if pts:
             ax_auc.plot(*zip(*pts, strict=True), lw=1, alpha=0.7, label=f"{name} (holdout)")
     ax_auc.set(xlabel="round", ylabel="AUC", title="AUC per round")
+    ax_auc.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax_auc.grid(alpha=0.3)
     ax_auc.legend(fontsize=7)
     if outcome.test_scores is not None and outcome.test_labels is not None:
         fpr, tpr, _ = roc_curve(outcome.test_labels, outcome.test_scores)
-        ax_roc.plot(fpr, tpr, lw=2, label="federated model")
+        auc = roc_auc_score(outcome.test_labels, outcome.test_scores)
+        ax_roc.plot(fpr, tpr, lw=2, label=f"federated model (AUC {auc:.4f})")
     ax_roc.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test set")
     ax_roc.legend(loc="lower right")

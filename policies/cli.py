@@ -298,7 +298,9 @@ def policy_request(
     schema_version: Annotated[str, typer.Option()] = "1.0.0",
     feature: Annotated[list[str] | None, typer.Option(help="column:dimension, repeatable.")] = None,
     min_institutions: Annotated[int, typer.Option()] = 3,
-    secure_aggregation: Annotated[bool, typer.Option()] = False,
+    secure_aggregation: Annotated[
+        bool, typer.Option(help="The run uses SecAgg+ (as `simulate` does by default).")
+    ] = True,
     epsilon: Annotated[float | None, typer.Option()] = None,
 ) -> None:
     """Write a signed training request, e.g. to try `policy explain` on it."""

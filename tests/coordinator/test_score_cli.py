@@ -87,3 +87,36 @@ def test_data_generate_does_not_overwrite(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "exists; pass --force" in again.output and out.read_bytes() == before
     assert runner.invoke(app, ["data", "generate", str(out), "--rows", "300", "--force"]).exit_code == 0
     assert len(pd.read_csv(out)) == 300
+
+
+def test_schema_show_writes_ranges_in_words() -> None:
+    from coordinator.cli import value_range
+
+    assert [
+        value_range(0.0, 1e6),
+        value_range(-1.0, 10.0),
+        value_range(0.0, None),
+        value_range(None, 0.5),
+    ] == [
+        "0 to 1,000,000",
+        "-1 to 10",
+        "at least 0",
+        "at most 0.5",
+    ]
+    result = runner.invoke(app, ["schema", "show", "sme"])
+    assert result.exit_code == 0 and "None" not in result.output and "[0.0" not in result.output
+
+
+def test_data_partition_does_not_write_into_a_folder_in_use(tmp_path: Path) -> None:
+    data = tmp_path / "sme.csv"
+    assert runner.invoke(app, ["data", "generate", str(data), "--rows", "3000"]).exit_code == 0
+    out = tmp_path / "institutions"
+    out.mkdir()
+    (out / "notes.txt").write_text("the bank's own notes")
+    refused = runner.invoke(app, ["data", "partition", str(data), str(out)])
+    assert refused.exit_code == 2 and "is not empty; pass --force" in refused.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert runner.invoke(app, ["data", "partition", str(data), str(out), "--force"]).exit_code == 0
+    assert (out / "notes.txt").read_text() == "the bank's own notes" and len(list(out.iterdir())) > 1
+    on_a_file = runner.invoke(app, ["data", "partition", str(data), str(data)])
+    assert on_a_file.exit_code == 2 and "is a file; give a folder" in on_a_file.output

@@ -237,11 +237,12 @@ def test_a_whole_run_repeats_exactly_under_the_same_seed(tmp_path: Path) -> None
 
 
 def test_differentially_private_run_spends_and_records_its_budget(tmp_path: Path) -> None:
-    run_dir, _ = _simulate_in(
+    run_dir, output = _simulate_in(
         tmp_path, ["--institutions", "3", "--rounds", "2", "--rows", "9000", "--epsilon", "8"]
     )
     report = json.loads((run_dir / "report.json").read_text())
     assert report["settings"]["epsilon"] == 8.0
+    assert "epsilon spent" in output  # the terminal shows each institution's spend too
     for inst in report["institutions"].values():
         spent = [r["epsilon_spent"] for r in inst["rounds"]]
         assert spent[0] < spent[1] <= 8.0 and spent[1] == pytest.approx(8.0, abs=0.1)

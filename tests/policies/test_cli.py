@@ -209,3 +209,9 @@ def test_a_garbage_trust_file_is_one_line_naming_it(examples: Path, tmp_path: Pa
     assert code == 2 and out == f"error: {binary}: not a public key file (not text)"
     code, out = _run("policy", "verify", policy, "--trust", str(wrong))
     assert code == 2 and out.startswith(f"error: {wrong}:2: not an Ed25519 public key")
+
+
+def test_a_request_uses_secure_aggregation_unless_told_otherwise(examples: Path, tmp_path: Path) -> None:
+    """As `simulate` does: `policy request` once defaulted to no secure aggregation."""
+    request = json.loads(_request(examples, tmp_path, "credit_underwriting").read_text())["request"]
+    assert request["secure_aggregation"] is True
