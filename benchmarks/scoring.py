@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from coordinator.cli import write_table_safely
-from federation.loading import load_dataset
+from federation.loading import load_dataset, write_table
 from federation.model import FourDimensionModel
 from federation.normalization import local_moments, stats_from_moments
 from federation.schema import resolve_schema
@@ -47,7 +46,7 @@ def main() -> None:
         scored_at = time.perf_counter()
         result = score(model, data)
         scored = time.perf_counter()
-        write_table_safely(result.frame(), Path(tmp) / "scores.csv", force=False)
+        write_table(result.frame(), Path(tmp) / "scores.csv")
         written = time.perf_counter()
     figures = {
         "rows": args.rows,

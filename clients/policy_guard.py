@@ -179,49 +179,34 @@ class PolicyGuard:
         except ValueError as exc:
             signed, request_error = None, str(exc)
         digest = "" if signed is None else signed.digest  # ties a refusal to the run it answers
+
+        def refuse(
+            action: str, resource: str, rule: str, reason: str, policy_sha256: str = ""
+        ) -> tuple[None, Refusal]:
+            node_record(
+                engine,
+                key,
+                actor=actor,
+                action=action,
+                resource=resource,
+                decision="deny",
+                rules=[rule],
+                policy_sha256=policy_sha256,
+                input_sha256=digest,
+            )
+            return None, _refusal(key, msg, institution, (rule,), (reason,), policy_sha256, digest)
+
         try:
             policy = verified_policy(cfg.get(P.NODE_POLICY, ""), cfg.get(P.NODE_TRUSTED_POLICY_KEYS, ""))
         except PolicyError as exc:
-            node_record(
-                engine,
-                key,
-                actor=actor,
-                action="node.policy.load",
-                resource=cfg.get(P.NODE_POLICY, ""),
-                decision="deny",
-                rules=["deny.no_valid_policy"],
-                input_sha256=digest,
-            )
-            return None, _refusal(key, msg, institution, ("deny.no_valid_policy",), (str(exc),), "", digest)
+            return refuse("node.policy.load", cfg.get(P.NODE_POLICY, ""), "deny.no_valid_policy", str(exc))
         if signed is None:
-            node_record(
-                engine,
-                key,
-                actor=actor,
-                action="train.decide",
-                resource="?",
-                decision="deny",
-                rules=["deny.no_request"],
-                policy_sha256=policy.sha256,
-            )
-            return None, _refusal(
-                key, msg, institution, ("deny.no_request",), (request_error,), policy.sha256
-            )
+            return refuse("train.decide", "?", "deny.no_request", request_error, policy.sha256)
         try:
             records = len(load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], institution).train)
         except FedCreditError as exc:
-            node_record(
-                engine,
-                key,
-                actor=actor,
-                action="node.data.load",
-                resource=cfg.get(P.NODE_DATA_PATH, ""),
-                decision="deny",
-                rules=[NODE_DATA_INVALID],
-                input_sha256=digest,
-            )
-            return None, _refusal(
-                key, msg, institution, (NODE_DATA_INVALID,), (data_problem_summary(exc),), "", digest
+            return refuse(
+                "node.data.load", cfg.get(P.NODE_DATA_PATH, ""), NODE_DATA_INVALID, data_problem_summary(exc)
             )
         kind, round_ = contribution_of(msg, config)
         limits = JoinLimits(policy.max_request_age_minutes, policy.max_runs_per_day)

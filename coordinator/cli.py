@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,7 +29,7 @@ from coordinator.federation_policy import (
     verify_federation_policy,
 )
 from federation.errors import FedCreditError
-from federation.loading import encode_frame, load_dataset, read_table
+from federation.loading import encode_frame, load_dataset, read_table, write_table
 from federation.model import ModelConfig, load_model
 from federation.partition import assign_institutions, institution_profiles, write_partition
 from federation.scenarios import Federation, sme_federation, uci_federation
@@ -372,23 +371,6 @@ def _node_key(folder: Path | None, institution: str) -> Path | None:
 SHOWN_APPLICANTS = 20
 
 
-def write_table_safely(frame: pd.DataFrame, out: Path, force: bool) -> None:
-    """Write ``frame`` as CSV or Parquet (by suffix), whole or not at all; never over a file unless ``force``."""
-    if out.is_dir():
-        raise FedCreditError(f"{out}: is a folder; give a file name ending .csv or .parquet")
-    if out.exists() and not force:
-        raise FedCreditError(f"{out}: exists; pass --force to replace it")
-    parquet = out.suffix.lower() in (".parquet", ".pq")
-    if not parquet and out.suffix.lower() != ".csv":
-        raise FedCreditError(f"{out}: write .csv or .parquet")
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False) if parquet else frame.to_csv(tmp, index=False)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def runs_dir() -> Path:
     """Where runs are written: ``var/runs`` of the project (or of ``$FEDCREDIT_VAR_DIR``), from any folder."""
     return var_dir() / "runs"
@@ -504,7 +486,7 @@ def score_command(
     result = score(net, data)
     if out is not None:
         try:
-            write_table_safely(result.frame(), out, force)
+            write_table(result.frame(), out, force)
         except (FedCreditError, OSError) as exc:
             raise _fail(exc) from exc
         console.print(f"wrote {len(result.ids)} scores to {out}", highlight=False)
@@ -576,7 +558,7 @@ def data_generate(
     frame = generate_sme(rows, seed=seed)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_table_safely(frame, out, force)
+        write_table(frame, out, force)
     except (FedCreditError, OSError) as exc:
         raise _fail(exc) from exc
     console.print(f"wrote {rows} rows to {out} (default rate {frame['default_12m'].mean():.2%})")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from federation.errors import DataProblem, DataValidationError
+from federation.errors import DataProblem, DataValidationError, FedCreditError
 from federation.schema import Column, ColumnType, Dimension, MissingPolicy, Schema, Transform
 
 MAX_ROWS_SHOWN = 5
@@ -131,6 +131,26 @@ class EncodedData:
             label=None if self.label is None else self.label[rows],
             layout=self.layout,
         )
+
+
+def write_table(frame: pd.DataFrame, out: Path, force: bool = False) -> None:
+    """Write ``frame`` as CSV or Parquet (by suffix), whole or not at all; never over a file unless ``force``."""
+    if out.is_dir():
+        raise FedCreditError(f"{out}: is a folder; give a file name ending .csv or .parquet")
+    if out.exists() and not force:
+        raise FedCreditError(f"{out}: exists; pass --force to replace it")
+    parquet = out.suffix.lower() in (".parquet", ".pq")
+    if not parquet and out.suffix.lower() != ".csv":
+        raise FedCreditError(f"{out}: write .csv or .parquet")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if parquet:
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
