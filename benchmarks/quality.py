@@ -30,21 +30,22 @@ from typing import Any
 import numpy as np
 
 from coordinator.server_app import RunSettings
-from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
-from federation.baselines import gbdt_features, gbdt_pooled, pool, train_for_epochs, train_local_only
+from coordinator.simulation.engine import run_simulated_federation
+from coordinator.simulation.nodes import SimulatedNode, with_policies
+from benchmarks.research.baselines import gbdt_features, gbdt_pooled, pool, train_for_epochs, train_local_only
 from federation.loading import EncodedData, load_dataset
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel
-from federation.partition import (
+from federation.datasets.partition import (
     HOLDOUT_FILE,
     SMALL_SHARE,
     TRAIN_FILE,
     assign_institutions,
     institution_profiles,
 )
-from federation.scenarios import fate_data_dir, uci_federation
+from federation.datasets.scenarios import fate_data_dir, uci_federation
 from federation.schema import resolve_schema
-from federation.synthetic import LABEL_COLUMN, TRUE_PD_COLUMN, generate_sme
+from federation.datasets.synthetic import LABEL_COLUMN, TRUE_PD_COLUMN, generate_sme
 from federation.training import predict_proba
 
 WORK = Path("var/bench/quality")

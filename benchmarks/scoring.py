@@ -23,7 +23,7 @@ from federation.model import FourDimensionModel
 from federation.normalization import local_moments, stats_from_moments
 from federation.schema import resolve_schema
 from federation.scoring import score
-from federation.synthetic import generate_sme
+from federation.datasets.synthetic import generate_sme
 
 
 def main() -> None:

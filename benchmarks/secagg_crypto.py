@@ -13,7 +13,7 @@ default), seconds per round:
 - coordinator, per dropout: rebuilding the private key of one node that
   dropped out.
 
-federation.shamir caches the interpolation coefficients per set of share
+federation.secagg.shamir caches the interpolation coefficients per set of share
 indices (the same for every node of a round); here every rebuild computes them
 afresh, the worst case. The shares of both implementations are checked to
 rebuild the secrets.
@@ -43,14 +43,14 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as f
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
 
 from coordinator.secure_aggregation import MODULUS_RANGE
-from federation import secure_masks, shamir
+from federation.secagg import masks as secure_masks, shamir
 from federation.loading import FeatureLayout
 from federation.model import FourDimensionModel, ModelConfig, trainable_weights
 from federation.schema import resolve_schema
 
 
 def _fresh_combine(shares: list[bytes]) -> bytes:
-    """federation.shamir without its cached Lagrange coefficients: a new set of survivors every time."""
+    """federation.secagg.shamir without its cached Lagrange coefficients: a new set of survivors every time."""
     shamir.lagrange_at_zero.cache_clear()
     return shamir.combine_shares(shares)
 

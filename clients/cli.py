@@ -8,12 +8,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from clients.node_data import load_node_data
-from clients.policy_guard import node_record
+from clients.settings import NodeSettings
 from federation.errors import FedCreditError
-from policies.audit import create_audit_engine, var_dir
 from policies.documents import InstitutionPolicy, PolicyError
-from policies.signing import key_id, load_private_key, public_key_text, read_public_keys, verify_policy
+from policies.signing import (
+    key_id,
+    load_private_key,
+    public_key_text,
+    read_public_keys,
+    verify_policy_of_kind,
+)
 
 console = Console()
 node_app = typer.Typer(
@@ -38,8 +42,13 @@ def node_check(
     ],
     schema: Annotated[str, typer.Option(help="Schema name or TOML file.")] = "sme",
     audit_db: Annotated[
-        str, typer.Option(envvar="DATABASE_URL", help="The node's audit database.")
-    ] = f"sqlite:///{var_dir() / 'audit' / 'node.db'}",
+        str | None,
+        typer.Option(
+            help="The node's audit database (node config 'audit-db') [default: "
+            "node-<institution>.db in the audit folder of $FEDCREDIT_VAR_DIR or var/].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Refuse to start a node whose policy or data is not valid: run before `flower-supernode`.
 
@@ -47,21 +56,26 @@ def node_check(
     key loads, and the data satisfies the schema and the policy's minimum records; 2
     otherwise. Audited either way (the log's head signed with the node key when it loads).
     """
-    engine = create_audit_engine(audit_db)
-    key = None
+    from clients.node_data import load_node_data
+    from clients.policy_guard import node_record
+    from policies.audit import create_audit_engine
+
+    key, institution, problem = None, "", None
     try:
         key = load_private_key(node_key)
-        verified = verify_policy(policy, read_public_keys(trust))
-        if not isinstance(verified.policy, InstitutionPolicy):
+        policy_doc, signer = verify_policy_of_kind(
+            policy, read_public_keys(trust), InstitutionPolicy, "a node"
+        )
+        institution = policy_doc.institution
+        data = load_node_data(data_path, schema, institution)
+        if len(data.train) < policy_doc.min_local_records:
             raise PolicyError(
-                f"{policy}: a node needs an institution policy, got a {verified.policy.kind} policy"
+                f"{data_path}: {len(data.train)} records, the policy requires {policy_doc.min_local_records}"
             )
-        data = load_node_data(data_path, schema)
-        if len(data.train) < verified.policy.min_local_records:
-            raise PolicyError(
-                f"{data_path}: {len(data.train)} records, the policy requires {verified.policy.min_local_records}"
-            )
-    except (FedCreditError, PolicyError) as exc:
+    except (FedCreditError, PolicyError, OSError) as exc:
+        problem = exc
+    engine = create_audit_engine(audit_db or NodeSettings().node_audit_url(institution or "unknown"))
+    if problem is not None:
         node_record(
             engine,
             key,
@@ -71,9 +85,10 @@ def node_check(
             decision="deny",
             rules=["deny.node_check_failed"],
         )
-        console.print(f"[bold red]refused to start:[/] {exc}", highlight=False)
-        raise typer.Exit(code=2) from exc
-    p = verified.policy
+        typer.echo(f"error: refused to start: {' '.join(str(problem).split())}", err=True)
+        raise typer.Exit(code=2)
+    p = policy_doc
+    assert key is not None  # loaded, or the check was refused above
     node_record(
         engine,
         key,
@@ -84,7 +99,7 @@ def node_check(
         policy_sha256=p.sha256,
     )
     console.print(
-        f"[green]ready[/]: {p.institution} under {p.header.id} v{p.header.version} (signed by {key_id(verified.signed_by)}), "
+        f"[green]ready[/]: {p.institution} under {p.header.id} v{p.header.version} (signed by {key_id(signer)}), "
         f"{len(data.train)} training rows, schema {data.schema.name} {data.schema.version}, "
         f"node key {key_id(public_key_text(key.public_key()))}",
         highlight=False,

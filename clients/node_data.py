@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from federation.datasets.partition import HOLDOUT_FILE, TRAIN_FILE
 from federation.errors import DataProblem, DataValidationError
 from federation.loading import EncodedData, load_dataset
-from federation.partition import HOLDOUT_FILE, TRAIN_FILE
 from federation.schema import Schema, resolve_schema
 
 # A simulation runs many virtual nodes in one process: per-node caches hold all of them.

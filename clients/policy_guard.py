@@ -28,22 +28,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from clients.node_data import CACHED_NODES, load_node_data
+from clients.settings import NodeSettings
 from federation import protocol as P
 from federation.errors import DataValidationError, FedCreditError
-from policies.audit import append, create_audit_engine, lock_chain, sign_head, var_dir
+from federation.protocol import NODE_DATA_INVALID
+from policies.audit import append, create_audit_engine, lock_chain, sign_head
 from policies.budget import ensure_ledger, spent_elsewhere
 from policies.contributions import EVALUATE, TRAIN, JoinLimits, claim_contribution
 from policies.decisions import Decision, Refusal, SignedRequest, evaluate_training
 from policies.documents import InstitutionPolicy, PolicyError
-from policies.signing import load_private_key, manifest_paths, read_public_keys, verify_policy
+from policies.signing import load_private_key, manifest_paths, read_public_keys, verify_policy_of_kind
 
-NODE_DATA_INVALID = "deny.node_data_invalid"  # the node's data fails its schema: a node failure
 POLICY_DENIED = 4030  # Error code of a refusal by the node's policy
 NodeConfigResolver = Callable[[Context], Mapping[str, str]]
 
 
 def node_audit_url(cfg: Mapping[str, str], institution: str) -> str:
-    return cfg.get(P.NODE_AUDIT_DB) or f"sqlite:///{var_dir() / 'audit' / f'node-{institution}.db'}"
+    return NodeSettings().node_audit_url(institution, cfg)
 
 
 @lru_cache(maxsize=CACHED_NODES)
@@ -138,12 +139,7 @@ def _verified_policy(
         )
     if not trust_path:
         raise PolicyError("the node trusts no policy signing key (node config 'trusted-policy-keys')")
-    verified = verify_policy(Path(policy_path), read_public_keys(trust_path))
-    if not isinstance(verified.policy, InstitutionPolicy):
-        raise PolicyError(
-            f"{policy_path}: a node needs an institution policy, got a {verified.policy.kind} policy"
-        )
-    return verified.policy
+    return verify_policy_of_kind(policy_path, read_public_keys(trust_path), InstitutionPolicy, "a node")[0]
 
 
 def instruction_config(msg: Message) -> ConfigRecord | None:

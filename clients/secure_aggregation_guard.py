@@ -9,7 +9,7 @@ refuses, with an error reply (to SecAgg+ a dropout) and an audit entry:
   more than half of the shares (a few shares, or two disjoint groups of nodes,
   would then rebuild a node's secrets);
 - ``deny.secagg_mask_scheme``: masks not expanded with
-  ``federation.flower_secagg.MASK_SCHEME`` at the coordinator or here (other
+  ``federation.secagg.flower.MASK_SCHEME`` at the coordinator or here (other
   masks would not cancel, or would come from a 32-bit seed);
 - ``deny.secagg_repeated_update``: a second masked update for the same phase
   and round of a run (two sums over different groups of nodes give one
@@ -37,7 +37,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
 from clients.policy_guard import NodeConfigResolver, instruction_config, node_audit, node_key, node_record
 from federation import protocol as P
-from federation.flower_secagg import MASK_SCHEME, mask_scheme, threshold_problem
+from federation.secagg.flower import MASK_SCHEME, mask_scheme
+from federation.secagg.majority import threshold_problem
 from policies.decisions import SignedRequest
 
 SECAGG_REFUSED = 4091  # Error code: the node refuses this SecAgg+ stage

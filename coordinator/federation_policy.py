@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 from federation.schema import resolve_schema
 from policies.demo_keys import DEMO_KEYS, EXAMPLES
 from policies.documents import FederationPolicy, PolicyError
-from policies.signing import key_id, load_private_key, public_key_text, read_public_keys, verify_policy
+from policies.signing import (
+    key_id,
+    load_private_key,
+    public_key_text,
+    read_public_keys,
+    verify_policy_of_kind,
+)
 
 if TYPE_CHECKING:  # the CLI imports this module; Flower loads only when a run starts
     from coordinator.server_app import RunSettings
@@ -27,12 +33,7 @@ def public_key_of(private_key: Path) -> str:
 def verify_federation_policy(path: Path, trusted_keys: Path) -> tuple[FederationPolicy, str]:
     """The federation policy and the key that signed it, only if signed by a trusted key,
     unmodified and in force."""
-    verified = verify_policy(path, read_public_keys(trusted_keys))
-    if not isinstance(verified.policy, FederationPolicy):
-        raise PolicyError(
-            f"{path}: the coordinator needs a federation policy, got a {verified.policy.kind} policy"
-        )
-    return verified.policy, verified.signed_by
+    return verify_policy_of_kind(path, read_public_keys(trusted_keys), FederationPolicy, "the coordinator")
 
 
 def load_federation_policy(path: Path, trusted_keys: Path) -> FederationPolicy:
@@ -127,4 +128,5 @@ def apply_federation_policy(
         delta=policy.delta,
         client_dp=policy.client_dp,
         members=data_holders(policy),
+        federation_policy_sha256=policy.sha256,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,6 +20,8 @@ from coordinator.client_dp import client_level_epsilon
 from coordinator.server_app import RunOutcome, RunSettings, coordinator_actor
 from federation.metrics import score_metrics
 from federation.model import save_model
+from federation.model_card import ModelCard, schema_sha256
+from federation.schema import resolve_schema
 from policies.audit import append, create_audit_engine, sign_head
 from policies.signing import load_private_key
 
@@ -77,6 +78,44 @@ def settings_dict(settings: RunSettings) -> dict[str, Any]:
     }
 
 
+def contributing_institutions(outcome: RunOutcome) -> tuple[str, ...]:
+    """The institutions whose update reached the model: at least one training round with one.
+
+    Only a training (fit) reply sets ``train_rows`` and a round's ``train_loss``; a node that
+    only evaluated, or whose every fit failed, has neither.
+    """
+    return tuple(
+        sorted(
+            name
+            for name, inst in outcome.log.institutions.items()
+            if inst.get("train_rows", 0) > 0 or any("train_loss" in r for r in inst.get("rounds", []))
+        )
+    )
+
+
+def model_card(
+    run_id: str, settings: RunSettings, outcome: RunOutcome, final: dict[str, Any] | None
+) -> ModelCard:
+    """The card the model file and the report carry (final test metrics: finite ones only)."""
+    schema = resolve_schema(settings.schema)
+    metrics = {
+        k: float(v)
+        for k, v in (final or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    return ModelCard(
+        run_id=run_id,
+        schema_name=schema.name,
+        schema_version=schema.version,
+        schema_sha256=schema_sha256(schema),
+        federation_policy_sha256=settings.federation_policy_sha256,
+        training_request_sha256=outcome.request_digest,
+        institutions=contributing_institutions(outcome),
+        metrics=metrics,
+        demo=settings.demo_keys,
+    )
+
+
 def write_report(
     run_dir: Path, run_id: str, settings: RunSettings, outcome: RunOutcome, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -98,14 +137,16 @@ def write_report(
             **extra,
         }
     )
-    save_model(outcome.model, run_dir / MODEL_FILE, {"run_id": run_id, "schema": settings.schema})
+    card = model_card(run_id, settings, outcome, final)
+    model_sha256 = save_model(outcome.model, run_dir / MODEL_FILE, card)
+    report["model"] = {"file": MODEL_FILE, "sha256": model_sha256, "card": card.to_dict()}
     with Session(create_audit_engine(settings.audit_url)) as session:  # the registration, signed
         append(
             session,
             actor=coordinator_actor(settings),
             action="model.register",
             resource=f"{run_id}/{MODEL_FILE}",
-            input_sha256=hashlib.sha256((run_dir / MODEL_FILE).read_bytes()).hexdigest(),
+            input_sha256=model_sha256,
         )
         sign_head(session, load_private_key(settings.coordinator_key))
         session.commit()

@@ -18,15 +18,15 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 
 from coordinator.recording import RecordingStrategy, RunCannotContinueError
-from federation.flower_secagg import (
+from federation.secagg.flower import (
     FLOWER_VERSION,
     MASK_SCHEME,
     install_into_flower,
     mask_scheme,
-    threshold_problem,
 )
+from federation.secagg.majority import threshold_problem
 
-install_into_flower()  # SecAgg+ at the coordinator: federation.shamir and federation.secure_masks
+install_into_flower()  # SecAgg+ at the coordinator: federation.secagg.shamir and federation.secagg.masks
 
 MAX_ROWS_PER_NODE = 100_000.0  # a node with more rows must raise it (the precision falls with it)
 WEIGHT_CLIPPING_RANGE = 16.0

@@ -10,8 +10,6 @@ Two phases, both on Flower's legacy workflow (the one SecAgg+ plugs into):
 
 from __future__ import annotations
 
-import datetime as dt
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +31,16 @@ from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import Identify, RecordingStrategy, RoundLog, UnattributedReplyError
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from federation import protocol as P
-from federation.flower_secagg import mask_scheme
 from federation.loading import EncodedData, FeatureLayout, load_dataset
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, stats_from_moments
 from federation.schema import Schema, resolve_schema
+from federation.secagg.flower import mask_scheme
 from federation.training import TrainConfig, predict_proba
 from policies.audit import append, create_audit_engine, database_url, record, sign_head
 from policies.contributions import EVALUATE
-from policies.decisions import Refusal, TrainingRequest, sign_request
+from policies.decisions import Refusal, TrainingRequest, new_run_id, sign_request
 from policies.demo_keys import DEMO_COORDINATOR_KEY, demo_key_name
 from policies.documents import ClientLevelDP
 from policies.identity import Attestation, attributed_member
@@ -51,11 +49,6 @@ from policies.signing import load_private_key, public_key_text
 STRATEGIES = ("fedavg", "fedprox")
 
 RoundCallback = Callable[[int, dict[str, float]], None]
-
-
-def new_run_id() -> str:
-    """A run id no node has seen: UTC time to the second plus 48 random bits."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
 
 
 @dataclass(frozen=True)
@@ -87,6 +80,7 @@ class RunSettings:
     # is attributed to the institution whose key signed it, never to the name it reports
     members: tuple[tuple[str, str], ...] = ()
     demo_keys: bool = False  # signed with FedCredit's published demo keys: report and audit say DEMO
+    federation_policy_sha256: str | None = None  # the signed federation policy the run follows, if any
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -113,6 +107,7 @@ class RunOutcome:
     """Filled in by the ServerApp as the run proceeds."""
 
     log: RoundLog = field(default_factory=RoundLog)
+    request_digest: str = ""  # sha256 of the signed training request every node checked
     model: FourDimensionModel | None = None
     test_scores: np.ndarray | None = None  # final model on the test set
     test_labels: np.ndarray | None = None
@@ -171,6 +166,7 @@ class Coordinator:
             ),
             self.key,
         )
+        outcome.request_digest = self.request.digest
         self.audit = create_audit_engine(settings.audit_url)
         self.members = dict(settings.members)
 
@@ -433,3 +429,14 @@ def build_server_app(
         coordinator(PromptGrid(grid), context)
 
     return app
+
+
+# Flower's deployment engine loads this (``[tool.flwr.app.components]``): the run comes from run_config.
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from coordinator.deployment import run_deployed  # it builds on this module
+
+    run_deployed(grid, context)

@@ -1,24 +1,33 @@
 """Read a dataset (CSV or Parquet), check it against its schema, encode it as arrays.
 
 Every check runs column-wise on whole arrays; all problems are collected and
-reported together, each with its column and the first offending rows
-(counted from 1, the header excluded).
+reported together, each with its column, a count and the first offending rows
+(counted from 1, the header excluded), never a cell's value: data files hold
+applicants' data. Every list in a message is bounded, however wide the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import contextlib
+import re
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from federation.errors import DataProblem, DataValidationError, FedCreditError
+from federation.errors import DataFileError, DataProblem, DataValidationError, FedCreditError, short_name
 from federation.schema import Column, ColumnType, Dimension, MissingPolicy, Schema, Transform
 
 MAX_ROWS_SHOWN = 5
+MAX_NAMES_SHOWN = 10  # column names (or categories) listed in one problem, then "... and N more"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -154,27 +163,215 @@ def write_table(frame: pd.DataFrame, out: Path, force: bool = False) -> None:
 
 
 def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
-    """Read CSV or Parquet; categorical and id columns are read as text."""
+    """Read CSV or Parquet; categorical and id columns are read as text.
+
+    A file that is not a table (absent, a folder, the wrong format, damaged, not
+    UTF-8, rows of uneven length, a header without a name, a name twice, no rows)
+    raises :class:`DataFileError`, one line naming the file and never a cell's value.
+    """
     path = Path(path)
+    source = str(path)
+    if path.is_dir():
+        raise DataFileError(source, "is a folder, not a CSV or Parquet file")
     if not path.is_file():
-        raise DataValidationError(str(path), [DataProblem("", "file not found")])
+        raise DataFileError(source, "file not found" if not path.exists() else "is not a regular file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        text_cols = {c.name: "string" for c in schema.columns if c.type is ColumnType.CATEGORICAL}
-        text_cols[schema.id_column] = "string"
+        frame = _read_csv(path, source, schema)
+    elif suffix in (".parquet", ".pq"):
+        frame = _read_parquet(path, source, schema)
+    elif suffix:
+        raise DataFileError(source, f"unsupported file type {suffix!r}; use .csv or .parquet")
+    else:
+        raise DataFileError(source, "unsupported file type (no extension); use .csv or .parquet")
+    if len(frame) == 0:
+        raise DataFileError(source, "has a header but no data rows")
+    return frame
+
+
+def _name(name: object) -> str:
+    return short_name(str(name))
+
+
+def _listed(names: Sequence[str]) -> str:
+    """The first few ``names``, then how many more: bounded whatever the file holds."""
+    shown = ", ".join(_name(n) for n in names[:MAX_NAMES_SHOWN])
+    more = len(names) - MAX_NAMES_SHOWN
+    return shown + (f" ... and {more:,} more" if more > 0 else "")
+
+
+def _check_header(names: Sequence[object], source: str) -> None:
+    """Refuse a header with a column that has no name or a name used twice."""
+    text = [str(n) for n in names]
+    problems = []
+    unnamed = [i + 1 for i, n in enumerate(text) if not n.strip()]
+    if unnamed:
+        where = ", ".join(str(i) for i in unnamed[:MAX_NAMES_SHOWN])
+        more = len(unnamed) - MAX_NAMES_SHOWN
+        problems.append(
+            f"{len(unnamed):,} column(s) of the header have no name (position {where}"
+            + (f" ... and {more:,} more" if more > 0 else "")
+            + (")" if 1 not in unnamed else "; a saved index? write the file with index=False)")
+        )
+    counts = Counter(n for n in text if n.strip())
+    repeated = [(n, k) for n, k in counts.items() if k > 1]
+    problems += [f"column {_name(n)} appears {k} times in the header" for n, k in repeated[:MAX_NAMES_SHOWN]]
+    if len(repeated) > MAX_NAMES_SHOWN:
+        problems.append(f"... and {len(repeated) - MAX_NAMES_SHOWN:,} more names repeated in the header")
+    if problems:
+        raise DataFileError(source, "; ".join(problems))
+
+
+# how files that are not CSV text begin
+_NOT_CSV = (
+    (b"PAR1", "is a Parquet file, not CSV text; name it .parquet"),
+    (b"PK\x03\x04", "is a ZIP archive (an Excel workbook?), not CSV text; export it as CSV (UTF-8)"),
+    (b"\xd0\xcf\x11\xe0", "is an Office (Excel) document, not CSV text; export it as CSV (UTF-8)"),
+    (b"\x1f\x8b", "is gzip-compressed, not CSV text; decompress it first"),
+    (b"\xff\xfe", "is UTF-16 text; save it as UTF-8 CSV"),
+    (b"\xfe\xff", "is UTF-16 text; save it as UTF-8 CSV"),
+)
+
+
+def _check_csv_bytes(data: bytes, source: str) -> None:
+    """Refuse bytes that are not UTF-8 CSV text before parsing them."""
+    if not data[:65536].strip() and len(data) <= 65536:
+        raise DataFileError(source, "is empty: no header and no rows")
+    for magic, problem in _NOT_CSV:
+        if data.startswith(magic):
+            raise DataFileError(source, problem)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise DataFileError(source, f"is binary, not CSV text (a NUL byte on line {line:,})")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        if exc.end >= len(data) and "end of data" in exc.reason:
+            raise DataFileError(source, "ends in the middle of a UTF-8 character: is it truncated?") from None
+        raise DataFileError(
+            source, f"is not UTF-8 text (first bad byte on line {line:,}); save it as UTF-8 CSV"
+        ) from None
+
+
+def _arrow_reason(exc: Exception) -> str:
+    """The reason in an Arrow error, without the row text Arrow appends (it holds cell values)."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^CSV parse error:\s*", "", first)
+    cut = re.match(r"^(.*?got \d+)", first)
+    return (cut.group(1) if cut else first)[:160]
+
+
+# the cells pandas reads as missing (Arrow's defaults, "<NA>" and "None")
+_NULL_VALUES = sorted({*pacsv.ConvertOptions().null_values, "<NA>", "None"})
+
+
+def _read_csv(path: Path, source: str, schema: Schema) -> pd.DataFrame:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataFileError(source, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    _check_csv_bytes(data, source)
+    text_cols = {c.name: pa.string() for c in schema.columns if c.type is ColumnType.CATEGORICAL}
+    text_cols[schema.id_column] = pa.string()
+    # a row must fit in one block, and a wide file reads faster in fewer, larger blocks
+    header_length = (data.find(b"\n") + 1) or len(data)
+    block_size = min(max(1 << 20, 64 * header_length), max(64 << 20, 2 * header_length))
+    ragged = 0
+
+    def count_ragged(row: Any) -> str:
+        nonlocal ragged
+        ragged += 1
+        return "skip"
+
+    def options(handler: Any, threads: bool) -> dict[str, Any]:
+        return {
+            "read_options": pacsv.ReadOptions(block_size=block_size, use_threads=threads),
+            "parse_options": pacsv.ParseOptions(newlines_in_values=b'"' in data, invalid_row_handler=handler),
+            "convert_options": pacsv.ConvertOptions(
+                column_types=text_cols, null_values=_NULL_VALUES, strings_can_be_null=True
+            ),
+        }
+
+    try:
+        table = pacsv.read_csv(pa.py_buffer(data), **options(count_ragged, True))
+    except (pa.ArrowException, ValueError) as exc:
+        raise DataFileError(source, f"is not a readable CSV file: {_arrow_reason(exc)}") from None
+    _check_header(table.column_names, source)
+    if ragged:
+        rows: list[int] = []
+
+        def note(row: Any) -> str:
+            rows.append(row.number - 1 if row.number else 0)
+            return "skip" if len(rows) < MAX_ROWS_SHOWN else "error"
+
+        with contextlib.suppress(pa.ArrowException, ValueError):  # stopped on purpose after a few
+            pacsv.read_csv(pa.py_buffer(data), **options(note, False))
+        shown = ", ".join(str(r) for r in rows if r > 0)
+        raise DataFileError(
+            source,
+            f"{ragged:,} row(s) have a different number of fields than the header's "
+            f"{table.num_columns:,} (a missing or extra comma, or an unclosed quote?)"
+            + (f" (first rows: {shown})" if shown else ""),
+        )
+    if table.num_columns == 1:
+        for sep in (";", "\t", "|"):
+            if sep in table.column_names[0]:
+                raise DataFileError(
+                    source,
+                    f"the header is one column holding {sep!r}: is the file separated by {sep!r}? "
+                    "FedCredit reads comma-separated CSV",
+                )
+    return table.to_pandas()
+
+
+def _read_parquet(path: Path, source: str, schema: Schema) -> pd.DataFrame:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(4)
+            f.seek(max(size - 4, 0))
+            tail = f.read(4)
+    except OSError as exc:
+        raise DataFileError(source, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    if size == 0:
+        raise DataFileError(source, "is empty (0 bytes), not a Parquet file")
+    if head != b"PAR1":
         try:
-            return pd.read_csv(path, dtype=text_cols, low_memory=False)
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-            raise DataValidationError(str(path), [DataProblem("", f"not a readable CSV: {exc}")]) from exc
-    if suffix in (".parquet", ".pq"):
-        try:
-            return pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several unrelated types
-            raise DataValidationError(
-                str(path), [DataProblem("", f"not a readable Parquet file: {exc}")]
-            ) from exc
-    raise DataValidationError(
-        str(path), [DataProblem("", f"unsupported file type {suffix!r}; use .csv or .parquet")]
+            looks_like_text = head.decode("utf-8").isprintable()
+        except UnicodeDecodeError:
+            looks_like_text = False
+        raise DataFileError(
+            source,
+            "is not a Parquet file: it holds text (a CSV file? name it .csv)"
+            if looks_like_text
+            else "is not a Parquet file (it does not begin with PAR1)",
+        )
+    if size < 12 or tail != b"PAR1":
+        raise DataFileError(source, "is truncated or damaged: the Parquet footer is missing")
+    try:
+        arrow_schema = pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several unrelated types
+        raise DataFileError(source, f"is a damaged Parquet file: {_arrow_reason(exc)}") from None
+    _check_header(arrow_schema.names, source)
+    known = schema.known_columns
+    odd = [
+        f"column {_name(f.name)} holds Parquet type {str(f.type)[:40]}, not numbers or text"
+        for f in arrow_schema
+        if f.name in known and (pa.types.is_nested(f.type) or _is_bytes(f.type))
+    ]
+    if odd:
+        raise DataFileError(source, "; ".join(odd[:MAX_NAMES_SHOWN]))
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types
+        raise DataFileError(source, f"is a damaged Parquet file: {_arrow_reason(exc)}") from None
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
     )
 
 
@@ -182,9 +379,20 @@ def _first_rows(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) + 1 for i in np.flatnonzero(mask)[:MAX_ROWS_SHOWN])
 
 
-def _examples(values: pd.Series, mask: np.ndarray) -> str:
-    shown = values[mask].head(3).tolist()
-    return ", ".join(repr(v) for v in shown)
+def _count(mask: np.ndarray) -> str:
+    return f"{int(mask.sum()):,}"
+
+
+def _as_float(raw: pd.Series) -> np.ndarray:
+    """A column as float64, NaN where a cell is missing or not a number (dates and times are not)."""
+    kind = raw.dtype
+    if (
+        pd.api.types.is_datetime64_any_dtype(kind)
+        or pd.api.types.is_timedelta64_dtype(kind)
+        or isinstance(kind, pd.PeriodDtype | pd.IntervalDtype)
+    ):
+        return np.full(len(raw), np.nan)
+    return pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _check_missing(col: Column, present: np.ndarray, problems: list[DataProblem]) -> None:
@@ -193,42 +401,42 @@ def _check_missing(col: Column, present: np.ndarray, problems: list[DataProblem]
         problems.append(
             DataProblem(
                 col.name,
-                f"{int(missing.sum())} missing value(s); the schema says missing = 'error'",
+                f"{_count(missing)} missing value(s); the schema says missing = 'error'",
                 _first_rows(missing),
             )
         )
 
 
 def _check_numeric(col: Column, raw: pd.Series, problems: list[DataProblem]) -> np.ndarray:
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = _as_float(raw)
     present = raw.notna().to_numpy()
     bad_type = present & np.isnan(values)
     if bad_type.any():
         problems.append(
-            DataProblem(col.name, f"not a number: {_examples(raw, bad_type)}", _first_rows(bad_type))
+            DataProblem(col.name, f"{_count(bad_type)} value(s) not a number", _first_rows(bad_type))
         )
     _check_missing(col, present, problems)
-    ok = ~np.isnan(values)
+    infinite = np.isinf(values)
+    if infinite.any():
+        problems.append(DataProblem(col.name, f"{_count(infinite)} infinite value(s)", _first_rows(infinite)))
+    ok = np.isfinite(values)
     if col.type is ColumnType.BINARY:
         bad = ok & (values != 0) & (values != 1)
         if bad.any():
             problems.append(
                 DataProblem(
-                    col.name, f"binary column holds {_examples(raw, bad)}; expected 0 or 1", _first_rows(bad)
+                    col.name,
+                    f"binary column holds {_count(bad)} value(s) other than 0 or 1",
+                    _first_rows(bad),
                 )
             )
         return values
     lo = -np.inf if col.min is None else col.min
     hi = np.inf if col.max is None else col.max
-    with np.errstate(invalid="ignore"):
-        out = ok & ~((values >= lo) & (values <= hi))
+    out = ok & ~((values >= lo) & (values <= hi))
     if out.any():
         problems.append(
-            DataProblem(
-                col.name,
-                f"{int(out.sum())} value(s) outside [{col.min}, {col.max}]: {_examples(raw, out)}",
-                _first_rows(out),
-            )
+            DataProblem(col.name, f"{_count(out)} value(s) outside [{col.min}, {col.max}]", _first_rows(out))
         )
     return values
 
@@ -239,12 +447,10 @@ def _check_categorical(col: Column, raw: pd.Series, problems: list[DataProblem])
     codes = pd.Categorical(text, categories=list(col.categories)).codes.astype(np.int64) + 1
     unknown = present & (codes == 0)
     if unknown.any():
-        found = sorted(set(text[unknown].tolist()))[:5]
         problems.append(
             DataProblem(
                 col.name,
-                f"unknown categor{'y' if len(found) == 1 else 'ies'} {found}; "
-                f"allowed: {list(col.categories)}",
+                f"{_count(unknown)} value(s) not an allowed category; allowed: {_listed(col.categories)}",
                 _first_rows(unknown),
             )
         )
@@ -260,30 +466,48 @@ def _apply_transform(values: np.ndarray, transform: Transform) -> np.ndarray:
     return values
 
 
+def _check_fits_model(name: str, values: np.ndarray, problems: list[DataProblem]) -> None:
+    """Inputs are float32: a larger finite value would reach the model as infinity."""
+    huge = np.abs(values) > _FLOAT32_MAX
+    if huge.any():
+        problems.append(
+            DataProblem(
+                name, f"{_count(huge)} value(s) too large for the model (beyond ±3.4e38)", _first_rows(huge)
+            )
+        )
+
+
 def _check_label(raw: pd.Series, problems: list[DataProblem], name: str) -> np.ndarray:
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = _as_float(raw)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
-        problems.append(
-            DataProblem(name, f"label must be 0 or 1, found {_examples(raw, bad)}", _first_rows(bad))
-        )
+        missing = bad & raw.isna().to_numpy()
+        other = bad & ~missing
+        found = [
+            f"{_count(m)} {what}" for m, what in ((other, "other value(s)"), (missing, "missing")) if m.any()
+        ]
+        problems.append(DataProblem(name, f"label must be 0 or 1: {' and '.join(found)}", _first_rows(bad)))
     return values.astype(np.float32)
 
 
 def _check_ids(raw: pd.Series, problems: list[DataProblem], name: str) -> np.ndarray:
     missing = raw.isna().to_numpy()
     if missing.any():
-        problems.append(DataProblem(name, "missing id(s)", _first_rows(missing)))
+        problems.append(DataProblem(name, f"{_count(missing)} missing id(s)", _first_rows(missing)))
     dup = raw.duplicated(keep="first").to_numpy() & ~missing
     if dup.any():
-        problems.append(
-            DataProblem(
-                name,
-                f"{int(dup.sum())} duplicate id(s): {_examples(raw, dup)}",
-                _first_rows(dup),
-            )
-        )
+        problems.append(DataProblem(name, f"{_count(dup)} duplicate id(s)", _first_rows(dup)))
     return raw.astype("string").to_numpy(dtype=object, na_value="")
+
+
+def _column_problems(
+    names: Sequence[str], per_column: str, summary: str, problems: list[DataProblem]
+) -> None:
+    """One problem per column, or for many columns a single bounded one."""
+    if len(names) <= MAX_NAMES_SHOWN:
+        problems += [DataProblem(name, per_column) for name in names]
+    else:
+        problems.append(DataProblem("", summary.format(count=f"{len(names):,}", names=_listed(names))))
 
 
 def encode_frame(
@@ -297,24 +521,29 @@ def encode_frame(
 ) -> EncodedData:
     """Validate ``frame`` against ``schema`` and encode the model's inputs.
 
-    Raises :class:`DataValidationError` listing every problem found.
-    ``exclude`` names feature columns that must never reach the model.
+    Raises :class:`DataValidationError` listing every problem found: counts and
+    rows, never a cell's value. ``exclude`` names feature columns that must never
+    reach the model.
     """
     problems: list[DataProblem] = []
     present = set(frame.columns)
     required: Iterable[str] = [schema.id_column, *(c.name for c in schema.features())]
     if require_label:
         required = [*required, schema.label_column]
-    problems += [
-        DataProblem(name, "missing column required by schema " + repr(schema.name))
-        for name in required
-        if name not in present
-    ]
-    unknown = sorted(str(c) for c in present - schema.known_columns)
-    problems += [
-        DataProblem(name, f"unknown column, not in schema {schema.name!r}; add it to the schema or drop it")
-        for name in unknown
-    ]
+    _column_problems(
+        [name for name in required if name not in present],
+        f"missing column required by schema {schema.name!r}",
+        f"{{count}} columns required by schema {schema.name!r} are missing: {{names}}",
+        problems,
+    )
+    known = schema.known_columns
+    _column_problems(
+        [str(c) for c in frame.columns if c not in known],
+        f"unknown column, not in schema {schema.name!r}; add it to the schema or drop it",
+        f"{{count}} unknown columns, not in schema {schema.name!r}: {{names}}; "
+        "add them to the schema or drop them",
+        problems,
+    )
     needed = min_rows if min_rows is not None else schema.min_rows
     if len(frame) < needed:
         problems.append(DataProblem("", f"too few rows: {len(frame)}, at least {needed} required"))
@@ -339,7 +568,11 @@ def encode_frame(
         if col.is_numeric_input:
             values = _check_numeric(col, frame[col.name], problems)
             if col.name in num_index:
-                numeric[:, num_index[col.name]] = _apply_transform(values, col.transform)
+                # a value the transform or float32 cannot take is already a reported problem
+                with np.errstate(invalid="ignore", over="ignore"):
+                    transformed = _apply_transform(values, col.transform)
+                    _check_fits_model(col.name, transformed, problems)
+                    numeric[:, num_index[col.name]] = transformed
         else:
             codes = _check_categorical(col, frame[col.name], problems)
             if col.name in cat_index:

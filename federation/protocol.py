@@ -25,7 +25,7 @@ NORM_MEAN: Final = "norm-mean"
 NORM_STD: Final = "norm-std"
 MAX_GRAD_NORM: Final = "dp-max-grad-norm"
 CLIENT_DP_CLIPPING_NORM: Final = "clipping_norm"  # the key Flower's client-level DP wrapper sends
-SECAGG_MASKS: Final = "secagg-masks"  # how SecAgg+ masks are expanded (federation.flower_secagg)
+SECAGG_MASKS: Final = "secagg-masks"  # how SecAgg+ masks are expanded (federation.secagg.flower)
 TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, canonical JSON bytes
 
 # metrics keys returned by nodes
@@ -47,6 +47,7 @@ NODE_AUDIT_DB: Final = "audit-db"  # database URL of the node's audit log
 NODE_KEY: Final = "node-key"  # the institution's Ed25519 private key: signs replies and audit heads
 NODE_DP_SEED: Final = "dp-seed"  # only for reproducible DP experiments: seeds the node's DP noise
 
+NODE_DATA_INVALID = "deny.node_data_invalid"  # a node whose data fails its schema: a node failure, not a refusal
 
 def encode_vector(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values, dtype="<f4").tobytes()

@@ -8,7 +8,6 @@ dataclasses, checked for consistency, and can be written back byte-stable with
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
@@ -18,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from federation.errors import SchemaError
+from policies.toml_files import array_table_lines, read_toml, top_level_key_line
 
 SCHEMA_FORMAT_VERSION = 1
 
@@ -122,38 +122,108 @@ _SCHEMA_KEYS = {
 }
 
 
+MAX_NAMES_SHOWN = 10
+
+
+class _Where:
+    """Error prefixes: the schema file and, where the text shows it cheaply, the TOML line."""
+
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source = source
+        self.text = text
+        self.column_lines: list[int] = []
+
+    def expect_columns(self, count: int) -> None:
+        lines = array_table_lines(self.text, "columns") if self.text is not None else []
+        self.column_lines = lines if len(lines) == count else []
+
+    def _at(self, line: int | None) -> str:
+        return f"{self.source}:{line}" if line else self.source
+
+    def key(self, key: str) -> str:
+        """Where top-level ``key`` is set."""
+        return self._at(top_level_key_line(self.text, key) if self.text is not None else None)
+
+    def column_line(self, index: int) -> int | None:
+        return self.column_lines[index] if index < len(self.column_lines) else None
+
+    def column(self, index: int) -> str:
+        """Where the ``index``-th ``[[columns]]`` table starts."""
+        return self._at(self.column_line(index))
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _names(names: list[str]) -> str:
+    """``names`` as a bounded list: the first few, then how many more."""
+    shown = "[" + ", ".join(_shown(n) for n in names[:MAX_NAMES_SHOWN]) + "]"
+    more = len(names) - MAX_NAMES_SHOWN
+    return shown + (f" and {more:,} more" if more > 0 else "")
+
+
 def _enum(kind: type[StrEnum], value: Any, where: str) -> Any:
     try:
         return kind(value)
-    except ValueError:
+    except (ValueError, TypeError):
         allowed = ", ".join(repr(m.value) for m in kind)
-        raise SchemaError(f"{where}: {value!r} is not one of {allowed}") from None
+        raise SchemaError(f"{where}: {_shown(value)} is not one of {allowed}") from None
 
 
 def _number(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise SchemaError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{where}: expected a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SchemaError(f"{where}: {_shown(value)} is not a finite number; leave the bound out for none")
+    return number
 
 
-def _parse_column(raw: Any, index: int, source: str) -> Column:
-    where = f"{source}: columns[{index}]"
+def _text(raw: dict[str, Any], key: str, where: str) -> str:
+    value = raw.get(key, "")
+    if not isinstance(value, str):
+        raise SchemaError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _categories(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise SchemaError(f"{where}: expected an array of strings, got {type(raw).__name__}")
+    for value in raw:
+        # integer codes are read as their text, as a CSV cell holding them is
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise SchemaError(
+                f"{where}: every category must be a string (or an integer code), got {_shown(value)}"
+            )
+    categories = tuple(str(c) for c in raw)
+    if any(not c.strip() for c in categories):
+        raise SchemaError(f"{where}: an empty category can never match: an empty cell is a missing value")
+    return categories
+
+
+def _parse_column(raw: Any, index: int, at: str) -> Column:
+    where = f"{at}: columns[{index}]"
     if not isinstance(raw, dict):
         raise SchemaError(f"{where}: expected a table, got {type(raw).__name__}")
     unknown = set(raw) - _COLUMN_KEYS
     if unknown:
-        raise SchemaError(f"{where}: unknown key(s) {sorted(unknown)}")
+        raise SchemaError(f"{where}: unknown key(s) {_names(sorted(unknown))}")
     name = raw.get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name.strip():
         raise SchemaError(f"{where}: 'name' must be a non-empty string")
-    where = f"{source}: column {name!r}"
+    where = f"{at}: column {_shown(name)}"
     for key in ("dimension", "type"):
         if key not in raw:
             raise SchemaError(f"{where}: missing required key {key!r}")
     ctype = _enum(ColumnType, raw["type"], f"{where}.type")
-    categories = tuple(str(c) for c in raw.get("categories", ()))
+    categories = _categories(raw.get("categories", []), f"{where}.categories")
     lo = _number(raw.get("min"), f"{where}.min")
     hi = _number(raw.get("max"), f"{where}.max")
     if ctype is ColumnType.CATEGORICAL:
@@ -166,15 +236,19 @@ def _parse_column(raw: Any, index: int, source: str) -> Column:
     elif categories:
         raise SchemaError(f"{where}: 'categories' applies to categorical columns only")
     if ctype is ColumnType.BINARY:
+        if lo not in (None, 0.0) or hi not in (None, 1.0):
+            raise SchemaError(f"{where}: a binary column is always 0 or 1; leave out 'min'/'max'")
         lo, hi = 0.0, 1.0
     if lo is not None and hi is not None and lo > hi:
         raise SchemaError(f"{where}: min {lo} is greater than max {hi}")
     transform = _enum(Transform, raw.get("transform", "none"), f"{where}.transform")
+    if transform is not Transform.NONE and ctype is not ColumnType.NUMERIC:
+        raise SchemaError(f"{where}: 'transform' applies to numeric columns only, this one is {ctype.value}")
     if transform is Transform.LOG1P and (lo is None or lo < 0):
         raise SchemaError(f"{where}: transform 'log1p' needs min >= 0; use 'signed_log1p'")
     protected = raw.get("protected", False)
     if not isinstance(protected, bool):
-        raise SchemaError(f"{where}.protected: expected true or false, got {protected!r}")
+        raise SchemaError(f"{where}.protected: expected true or false, got {_shown(protected)}")
     return Column(
         name=name,
         dimension=_enum(Dimension, raw["dimension"], f"{where}.dimension"),
@@ -185,44 +259,94 @@ def _parse_column(raw: Any, index: int, source: str) -> Column:
         transform=transform,
         missing=_enum(MissingPolicy, raw.get("missing", "error"), f"{where}.missing"),
         protected=protected,
-        description=str(raw.get("description", "")),
+        description=_text(raw, "description", f"{where}.description"),
     )
 
 
-def parse_schema(raw: dict[str, Any], source: str = "<schema>") -> Schema:
-    """Build a :class:`Schema` from parsed TOML, raising :class:`SchemaError` on any flaw."""
-    unknown = set(raw) - _SCHEMA_KEYS
+def _ignored_columns(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise SchemaError(
+            f"{where}: 'ignored_columns' must be an array of column names, got {type(raw).__name__}"
+        )
+    for value in raw:
+        if not isinstance(value, str) or not value.strip():
+            raise SchemaError(
+                f"{where}: 'ignored_columns' entries must be non-empty strings, got {_shown(value)}"
+            )
+    twice = sorted({n for n in raw if raw.count(n) > 1})
+    if twice:
+        raise SchemaError(f"{where}: 'ignored_columns' lists {_names(twice)} twice")
+    return tuple(raw)
+
+
+def parse_schema(raw: dict[str, Any], source: str = "<schema>", text: str | None = None) -> Schema:
+    """Build a :class:`Schema` from parsed TOML, raising :class:`SchemaError` on any flaw.
+
+    ``text``, the TOML the table came from, lets errors name the line.
+    """
+    at = _Where(source, text)
+    unknown = sorted(set(raw) - _SCHEMA_KEYS)
     if unknown:
-        raise SchemaError(f"{source}: unknown key(s) {sorted(unknown)}")
+        raise SchemaError(f"{at.key(unknown[0])}: unknown key(s) {_names(unknown)}")
     fmt = raw.get("format_version")
     if fmt != SCHEMA_FORMAT_VERSION:
-        raise SchemaError(f"{source}: format_version must be {SCHEMA_FORMAT_VERSION}, got {fmt!r}")
+        raise SchemaError(
+            f"{at.key('format_version')}: format_version must be {SCHEMA_FORMAT_VERSION}, got {_shown(fmt)}"
+        )
     for key in ("name", "version", "id_column", "label_column"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise SchemaError(f"{source}: {key!r} must be a non-empty string")
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise SchemaError(f"{at.key(key)}: {key!r} must be a non-empty string")
+    description = _text(raw, "description", f"{at.key('description')}: 'description'")
+    id_column, label_column = raw["id_column"], raw["label_column"]
+    if id_column == label_column:
+        raise SchemaError(
+            f"{at.key('label_column')}: id_column and label_column are both {_shown(id_column)}; "
+            "the label cannot be the id"
+        )
     raw_columns = raw.get("columns")
     if not isinstance(raw_columns, list) or not raw_columns:
-        raise SchemaError(f"{source}: 'columns' must be a non-empty array of tables")
-    columns = tuple(_parse_column(c, i, source) for i, c in enumerate(raw_columns))
+        raise SchemaError(f"{at.key('columns')}: 'columns' must be a non-empty array of tables")
+    at.expect_columns(len(raw_columns))
+    columns = tuple(_parse_column(c, i, at.column(i)) for i, c in enumerate(raw_columns))
     names = [c.name for c in columns]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SchemaError(f"{source}: column(s) declared twice: {dupes}")
-    reserved = {raw["id_column"], raw["label_column"]} & set(names)
-    if reserved:
-        raise SchemaError(f"{source}: id/label column(s) {sorted(reserved)} also listed as features")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise SchemaError(f"{at.column(i)}: column(s) declared twice: {_names(dupes)}")
+        seen.add(name)
+    for i, name in enumerate(names):
+        if name in (id_column, label_column):
+            role = "id" if name == id_column else "label"
+            raise SchemaError(
+                f"{at.column(i)}: column {_shown(name)} is the {role} column; it cannot also be a feature"
+            )
+    ignored_at = at.key("ignored_columns")
+    ignored = _ignored_columns(raw.get("ignored_columns", []), ignored_at)
+    for name in ignored:
+        if name in seen:
+            line = at.column_line(names.index(name))
+            raise SchemaError(
+                f"{ignored_at}: column {_shown(name)} is both in ignored_columns and a feature "
+                f"([[columns]]{f' on line {line}' if line else ''}); keep it in one of them"
+            )
+        if name in (id_column, label_column):
+            role = "id" if name == id_column else "label"
+            raise SchemaError(f"{ignored_at}: the {role} column {_shown(name)} cannot be in ignored_columns")
     min_rows = raw.get("min_rows", 50)
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
-        raise SchemaError(f"{source}: 'min_rows' must be a positive integer, got {min_rows!r}")
+        raise SchemaError(
+            f"{at.key('min_rows')}: 'min_rows' must be a positive integer, got {_shown(min_rows)}"
+        )
     schema = Schema(
         name=raw["name"],
         version=raw["version"],
-        id_column=raw["id_column"],
-        label_column=raw["label_column"],
+        id_column=id_column,
+        label_column=label_column,
         columns=columns,
         min_rows=min_rows,
-        ignored_columns=tuple(str(c) for c in raw.get("ignored_columns", ())),
-        description=str(raw.get("description", "")),
+        ignored_columns=ignored,
+        description=description,
     )
     if not schema.features():
         raise SchemaError(f"{source}: every column is protected; the model would have no input")
@@ -231,18 +355,8 @@ def parse_schema(raw: dict[str, Any], source: str = "<schema>") -> Schema:
 
 def load_schema(path: str | Path) -> Schema:
     """Read and check a schema TOML file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SchemaError(f"{path}: cannot read schema ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise SchemaError(f"{path}: not UTF-8 text (byte {exc.start}); a schema is a TOML file") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SchemaError(f"{path}: invalid TOML: {exc}") from exc
-    return parse_schema(raw, str(path))
+    document = read_toml(path, "schema", SchemaError)
+    return parse_schema(document.table, document.source, document.text)
 
 
 def builtin_schema_path(name: str) -> Path:
@@ -257,7 +371,7 @@ def builtin_schema_path(name: str) -> Path:
 def resolve_schema(name_or_path: str | Path) -> Schema:
     """A built-in schema by name, or a schema file by path."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.exists():
+    if candidate.suffix == ".toml" or candidate.exists() or len(candidate.parts) > 1:
         return load_schema(candidate)
     return load_schema(builtin_schema_path(str(name_or_path)))
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
@@ -35,18 +34,18 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from policies.db import ensure_schema
+from policies.settings import FedCreditSettings
 from policies.signing import canonical_json, key_id, public_key_text, sha256_hex, sign_bytes, verify_bytes
 
 GENESIS = "0" * 64
 ADVISORY_LOCK_KEY = 0x46454443  # "FEDC"
-VAR_DIR_ENV = "FEDCREDIT_VAR_DIR"
 RUN_START, RUN_END = "run.start", "run.end"
 
 
 def var_dir() -> Path:
     """``$FEDCREDIT_VAR_DIR``, else the project's ``var/`` folder: never relative to the current folder."""
-    value = os.environ.get(VAR_DIR_ENV)
-    return Path(value).resolve() if value else Path(__file__).resolve().parents[1] / "var"
+    return FedCreditSettings().var_dir
 
 
 def default_database_url() -> str:
@@ -56,7 +55,7 @@ def default_database_url() -> str:
 
 def database_url() -> str:
     """``$DATABASE_URL`` when set and non-empty (e.g. PostgreSQL in production), else the embedded SQLite file."""
-    return os.environ.get("DATABASE_URL") or default_database_url()
+    return FedCreditSettings().audit_url
 
 
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
@@ -176,7 +175,7 @@ def create_audit_engine(url: str | None = None) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine, tables=[AuditEntry.__table__, SignedHead.__table__])  # type: ignore[attr-defined]
+    ensure_schema(engine)  # the tables come from the migrations (policies/migrations)
     return engine
 
 

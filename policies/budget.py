@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opacus.accountants import RDPAccountant
@@ -25,7 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
 from policies.audit import append, sign_head
-from policies.contributions import NodeRun, ensure_tables
+from policies.contributions import NodeRun
+from policies.db import ensure_schema
 
 EPSILON_SLACK = 1e-9  # float noise in the accountant, never a real allowance
 
@@ -51,11 +51,9 @@ class PrivacySpend(SQLModel, table=True):
     ts: str
 
 
-@lru_cache(maxsize=64)
 def ensure_ledger(engine: Engine) -> None:
-    """The ledger's tables, and the run table it charges joined runs from."""
-    ensure_tables(engine)
-    SQLModel.metadata.create_all(engine, tables=[PrivacySpend.__table__])  # type: ignore[attr-defined]
+    """The ledger's tables, and the run table it charges joined runs from (the migrations make them)."""
+    ensure_schema(engine)
 
 
 def run_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import secrets
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -33,8 +33,9 @@ from policies.audit import (
     var_dir,
     verify_chain,
 )
+from policies.cli_errors import fail
 from policies.contributions import STATS, JoinLimits, contribution_problem
-from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, sign_request
+from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, new_run_id, sign_request
 from policies.demo_keys import demo_key_name
 from policies.documents import InstitutionPolicy, Policy, PolicyError, load_policy
 from policies.signing import (
@@ -45,6 +46,7 @@ from policies.signing import (
     read_public_keys,
     sign_policy,
     verify_policy,
+    verify_policy_of_kind,
 )
 
 console = Console()
@@ -74,22 +76,14 @@ DbOption = Annotated[
 TrustOption = Annotated[Path, typer.Option(help="Trusted public key file, or a folder of .pub files.")]
 
 
-def _fail(exc: Exception | str) -> typer.Exit:
-    """Print one line (never markup, never wrapped) and give the exit code 2."""
-    console.print(
-        "[bold red]error:[/] " + escape(" ".join(str(exc).split())), highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code=2)
-
-
 def _database(db: str | None) -> str:
     """The audit database URL: ``--db``, else ``$DATABASE_URL``, else the default; never an empty one."""
     if db is not None:
         if not db.strip():
-            raise _fail("--db is empty: name the audit database URL (or leave --db out for the default)")
+            raise fail("--db is empty: name the audit database URL (or leave --db out for the default)")
         return db
     if "DATABASE_URL" in os.environ and not os.environ["DATABASE_URL"].strip():
-        raise _fail(
+        raise fail(
             "DATABASE_URL is set but empty: set it to the audit database URL, or unset it for the default"
         )
     return database_url()
@@ -101,19 +95,22 @@ def _database_errors(url: str, what: str) -> Iterator[None]:
     try:
         yield
     except AuditDatabaseError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     except (SQLAlchemyError, OSError) as exc:
-        raise _fail(f"{what} failed at {mask_url(url)}: {describe_db_error(exc, url)}") from None
+        raise fail(f"{what} failed at {mask_url(url)}: {describe_db_error(exc, url)}") from None
 
 
 def _trusted(trust: Path) -> tuple[str, ...]:
     try:
         keys = read_public_keys(trust)
     except (PolicyError, OSError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if not keys:
-        raise _fail(f"{trust}: no public keys here; name the keys you trust")
+        raise fail(f"{trust}: no public keys here; name the keys you trust")
     return keys
+
+
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @keys_app.command("generate")
@@ -128,11 +125,15 @@ def keys_generate(
 
     The key files and their audit entry are written together or not at all.
     """
+    if not KEY_NAME.fullmatch(name):
+        raise fail(
+            f"key name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     url = _database(db)
     out = out or var_dir() / "keys"
     for path in (out / f"{name}.key", out / f"{name}.pub"):
         if path.exists():
-            raise _fail(f"{path} exists; refusing to overwrite a key")
+            raise fail(f"{path} exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
     kid = key_id(public_key_text(key.public_key()))
     written: tuple[Path, ...] = ()
@@ -146,12 +147,12 @@ def keys_generate(
                     try:
                         written = generate_keypair(out, name, key=key)
                     except OSError as exc:
-                        raise _fail(f"writing the key files in {out} failed: {exc.strerror or exc}") from None
+                        raise fail(f"writing the key files in {out} failed: {exc.strerror or exc}") from None
                     session.commit()
             finally:
                 engine.dispose()
     except PolicyError as exc:  # the files appeared meanwhile: not ours
-        raise _fail(exc) from None
+        raise fail(exc) from None
     except BaseException:
         for path in written:  # the entry was not committed: no key without its audit entry
             with suppress(OSError):  # not there (or never could be)
@@ -170,7 +171,7 @@ def policy_sign(
     try:
         manifest, signature = sign_policy(policy, key)
     except (PolicyError, OSError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(f"signed: {manifest}, {signature}")
 
 
@@ -183,7 +184,7 @@ def policy_verify(
     try:
         verified = verify_policy(policy, _trusted(trust))
     except PolicyError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     h = verified.policy.header
     console.print(
         f"[green]valid[/]: {h.id} v{h.version}, sha256 {verified.policy.sha256}, "
@@ -239,7 +240,7 @@ def policy_show(policy: Annotated[Path, typer.Argument(help="Policy TOML file.")
     try:
         loaded = load_policy(policy)
     except PolicyError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     for line in _summary(loaded):
         console.print(line, highlight=False)
 
@@ -282,9 +283,14 @@ def policy_diff(
 ) -> None:
     """What changed between two versions of a policy, in words."""
     try:
-        changes = describe_changes(load_policy(old), load_policy(new))
+        before, after = load_policy(old), load_policy(new)
+        if before.kind != after.kind:
+            raise PolicyError(
+                f"{new}: is a {after.kind} policy, {old} a {before.kind} policy; diff compares two versions of one policy"
+            )
+        changes = describe_changes(before, after)
     except PolicyError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     for line in changes or ["no change in any setting"]:
         console.print(line, highlight=False)
 
@@ -302,26 +308,44 @@ def policy_request(
         bool, typer.Option(help="The run uses SecAgg+ (as `simulate` does by default).")
     ] = True,
     epsilon: Annotated[float | None, typer.Option()] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write a signed training request, e.g. to try `policy explain` on it."""
-    features = tuple(tuple(f.split(":", 1)) for f in feature or ["monthly_revenue:operations"])
-    run_id = f"explain-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
-    request = TrainingRequest(
-        run_id=run_id,
-        purpose=purpose,
-        schema=schema,
-        schema_version=schema_version,
-        features=features,  # type: ignore[arg-type]
-        strategy="fedavg",
-        rounds=10,
-        min_institutions=min_institutions,
-        secure_aggregation=secure_aggregation,
-        epsilon=epsilon,
-    )
+    features = []
+    for f in feature or ["monthly_revenue:operations"]:
+        column, sep, dimension = f.partition(":")
+        if not sep or not column or not dimension:
+            raise fail(f"--feature {f!r}: write column:dimension, e.g. monthly_revenue:operations")
+        features.append((column, dimension))
+    if out.is_dir():
+        raise fail(f"{out}: is a folder; give the request file's path")
+    if out.exists() and not force:
+        raise fail(f"{out}: exists; pass --force to replace it")
+    run_id = new_run_id()
     try:
-        out.write_bytes(sign_request(request, load_private_key(key)).to_wire())
-    except (PolicyError, OSError) as exc:
-        raise _fail(exc) from None
+        request = TrainingRequest(
+            run_id=run_id,
+            purpose=purpose,
+            schema=schema,
+            schema_version=schema_version,
+            features=tuple(features),
+            strategy="fedavg",
+            rounds=10,
+            min_institutions=min_institutions,
+            secure_aggregation=secure_aggregation,
+            epsilon=epsilon,
+        )
+        signed = sign_request(request, load_private_key(key)).to_wire()
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            tmp.write_bytes(signed)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except (PolicyError, ValueError) as exc:
+        raise fail(f"policy request: {exc}") from None
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
     console.print(f"wrote {out} (run id {run_id})", highlight=False)
 
 
@@ -334,7 +358,7 @@ def policy_explain(
         Path, typer.Option(help="Signed training request (JSON, as `policy request` writes).")
     ],
     trust: TrustOption,
-    records: Annotated[int, typer.Option(help="Local records the node would train on.")] = 10_000,
+    records: Annotated[int, typer.Option(min=0, help="Local records the node would train on.")] = 10_000,
     today: Annotated[str | None, typer.Option(help="Evaluate as of this date (YYYY-MM-DD).")] = None,
 ) -> None:
     """The decision a node would take on a request, with the rules that fired.
@@ -346,9 +370,7 @@ def policy_explain(
     """
     try:
         day = dt.date.fromisoformat(today) if today else None
-        loaded = verify_policy(policy, _trusted(trust), today=day).policy
-        if not isinstance(loaded, InstitutionPolicy):
-            raise PolicyError(f"{policy}: explain needs an institution policy")
+        loaded = verify_policy_of_kind(policy, _trusted(trust), InstitutionPolicy, "explain", today=day)[0]
         signed = SignedRequest.from_wire(request.read_bytes())
         decision = evaluate_training(loaded, signed, records, today=day)
         # as the first message of a new run: a stale request or one from the future is refused too
@@ -357,7 +379,7 @@ def policy_explain(
         if decision.allowed and joining is not None:
             decision = replace(decision, allowed=False, rules=(joining[0],), reasons=(joining[1],))
     except (PolicyError, ValueError, OSError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     colour = "green" if decision.allowed else "red"
     console.print(
         f"[bold {colour}]{decision.effect.upper()}[/] under {decision.policy_id} v{decision.policy_version}"
@@ -452,13 +474,13 @@ def audit_export(
     url = _database(db)
     to_stdout = str(jsonl) == "-"
     if not to_stdout and jsonl.exists() and not force:
-        raise _fail(f"{jsonl}: exists; pass --force to replace it")
+        raise fail(f"{jsonl}: exists; pass --force to replace it")
     with _database_errors(url, "reading the audit log"):
         engine = open_audit_readonly(url)
         try:
             with Session(engine) as session:
                 if not has_audit_log(session):
-                    raise _fail(f"no audit log in {mask_url(url)}")
+                    raise fail(f"no audit log in {mask_url(url)}")
                 if to_stdout:
                     count = export_jsonl(session, sys.stdout)
                 else:
@@ -468,7 +490,7 @@ def audit_export(
                             count = export_jsonl(session, out)
                         tmp.replace(jsonl)
                     except OSError as exc:
-                        raise _fail(f"cannot write {jsonl}: {exc.strerror or exc}") from None
+                        raise fail(f"cannot write {jsonl}: {exc.strerror or exc}") from None
                     finally:
                         tmp.unlink(missing_ok=True)
         finally:

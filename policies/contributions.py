@@ -27,12 +27,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
-from functools import lru_cache
 
 from sqlalchemy import UniqueConstraint
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
+from policies.db import ensure_schema
 from policies.decisions import SignedRequest, issued_at
 
 STATS = "normalization-stats"
@@ -82,9 +82,9 @@ class JoinLimits:
     max_runs_per_day: int
 
 
-@lru_cache(maxsize=64)
 def ensure_tables(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine, tables=[NodeRun.__table__, Contribution.__table__])  # type: ignore[attr-defined]
+    """The run and contribution tables (the migrations make them; cheap once the database is at head)."""
+    ensure_schema(engine)
 
 
 def contribution_problem(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -24,6 +25,11 @@ from policies.signing import canonical_json, key_id, public_key_text, sha256_hex
 def _num(value: float | None) -> str | None:
     """Floats travel as text in canonical payloads, so their bytes never depend on formatting."""
     return None if value is None else repr(float(value))
+
+
+def new_run_id() -> str:
+    """A run id no node has seen: UTC time to the second plus 48 random bits."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ import datetime as dt
 import hashlib
 import math
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from policies.toml_files import parse_toml, read_bytes
 
 POLICY_FORMAT_VERSION = 1
 DIMENSIONS = ("operations", "credit", "behaviour", "scenario")
@@ -46,6 +47,9 @@ KEY_PATTERN = re.compile(r"^ed25519:[A-Za-z0-9+/]{43}=$")
 
 class PolicyError(Exception):
     """A policy file is missing, malformed or impossible. Names file, line and key."""
+
+
+_NO_POLICY = "no policy file here; without a policy nothing is permitted"
 
 
 # ---------------------------------------------------------------------------
@@ -490,16 +494,10 @@ def _client_dp(table: _Reader) -> ClientLevelDP | None:
 
 def parse_policy(data: bytes, source: str) -> Policy:
     """Parse policy bytes; the sha256 of exactly these bytes is the policy's identity."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{source}: not UTF-8 text ({exc})") from exc
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{source}: malformed TOML: {exc}") from exc
+    document = parse_toml(data, source, "policy", PolicyError)
+    raw = document.table
     sha256 = hashlib.sha256(data).hexdigest()
-    reader = _Reader(source, text, raw)
+    reader = _Reader(source, document.text, raw)
     kind = raw.get("kind")
     if kind == "institution":
         return _institution(reader, sha256)
@@ -510,11 +508,5 @@ def parse_policy(data: bytes, source: str) -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Read and check a policy file (its signature is checked by :mod:`policies.signing`)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: no policy file here; without a policy nothing is permitted") from None
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read policy ({exc.strerror})") from exc
+    data = read_bytes(path, "policy", PolicyError, missing=_NO_POLICY)
     return parse_policy(data, str(path))

@@ -18,13 +18,13 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from policies.documents import Policy, PolicyError, parse_policy
+from policies.documents import FederationPolicy, InstitutionPolicy, Policy, PolicyError, parse_policy
 
 KEY_PREFIX = "ed25519:"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -227,3 +227,24 @@ def verify_policy(
             f"{policy_path}: policy {policy.header.id} v{policy.header.version} is not effective before {policy.header.effective}"
         )
     return VerifiedPolicy(policy, signer, str(manifest.get("signed_at", "")))
+
+
+P = TypeVar("P", InstitutionPolicy, FederationPolicy)
+
+
+def verify_policy_of_kind(
+    policy_path: str | Path,
+    trusted_keys: Collection[str],
+    kind: type[P],
+    needed_by: str,
+    today: dt.date | None = None,
+) -> tuple[P, str]:
+    """:func:`verify_policy`, and the policy must be of ``kind`` (``needed_by`` says who needs it);
+    returns the policy and the key that signed it."""
+    verified = verify_policy(policy_path, trusted_keys, today)
+    if not isinstance(verified.policy, kind):
+        wanted = "an institution" if kind is InstitutionPolicy else "a federation"
+        raise PolicyError(
+            f"{policy_path}: {needed_by} needs {wanted} policy, got a {verified.policy.kind} policy"
+        )
+    return verified.policy, verified.signed_by

@@ -11,9 +11,9 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 from sqlalchemy.engine import Engine
 
-from federation.scenarios import DATA_DIR_ENV
+from federation.datasets.scenarios import DATA_DIR_ENV
 from federation.schema import Schema, resolve_schema
-from federation.synthetic import generate_sme
+from federation.datasets.synthetic import generate_sme
 from policies.audit import create_audit_engine
 
 

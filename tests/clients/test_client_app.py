@@ -10,13 +10,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clients.client_app import CreditClientApp, CreditNodeClient, SchemaMismatchError, build_client_app
 from clients.node_data import NodeData, load_node_data
-from coordinator.simulation import SimulatedNode, SimulatedNodeConfigs
+from coordinator.simulation.engine import SimulatedNodeConfigs
+from coordinator.simulation.nodes import SimulatedNode
 from federation import protocol as P
 from federation.errors import DataValidationError
 from federation.loading import FeatureLayout
 from federation.model import FourDimensionModel, trainable_weights
 from federation.normalization import local_moments
-from federation.partition import TRAIN_FILE
+from federation.datasets.partition import TRAIN_FILE
 from federation.schema import resolve_schema
 from policies.decisions import SignedRequest, TrainingRequest, sign_request
 from policies.identity import Attestation, attributed_member

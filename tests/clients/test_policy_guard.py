@@ -21,7 +21,7 @@ from sqlmodel import Session
 from clients import policy_guard
 from clients.policy_guard import POLICY_DENIED, PolicyGuard
 from federation import protocol as P
-from federation.partition import TRAIN_FILE
+from federation.datasets.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries, verify_chain
 from policies.decisions import Refusal, SignedRequest
 from policies.signing import (

@@ -18,7 +18,8 @@ from clients.secure_aggregation_guard import (
     dropout_list_problem,
 )
 from federation import protocol as P
-from federation.flower_secagg import FLOWER_MASK_SCHEME, MASK_SCHEME, threshold_problem
+from federation.secagg.flower import FLOWER_MASK_SCHEME, MASK_SCHEME
+from federation.secagg.majority import threshold_problem
 from policies.audit import create_audit_engine, entries
 from tests.clients.test_client_app import request_bytes
 

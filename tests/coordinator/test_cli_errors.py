@@ -12,10 +12,12 @@ import pytest
 import torch
 from sqlalchemy.exc import OperationalError
 
-from coordinator.cli import error_line
 from federation.loading import load_dataset
 from federation.model import FourDimensionModel, save_model
 from federation.schema import resolve_schema
+from policies.cli_errors import error_line
+
+from ..federation.model_helpers import card_for_tests
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "grocery_store_couple.csv"
@@ -92,7 +94,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = load_dataset(EXAMPLE, resolve_schema("sme"), require_label=False, min_rows=1)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     torch.manual_seed(0)
-    save_model(FourDimensionModel(data.layout), path, {"run_id": "test", "schema": "sme"})
+    save_model(FourDimensionModel(data.layout), path, card_for_tests())
     return path
 
 
@@ -108,7 +110,7 @@ def test_score_on_applicants_that_do_not_fit_the_model_shows_no_applicant(
     )
     result = fedcredit("score", str(EXAMPLE), "--model", str(model), "--schema", str(schema))
     assert "grocery-couple" not in result.stdout + result.stderr
-    assert_one_line_error(result, "do not fit the model", str(model))
+    assert_one_line_error(result, "other columns or ranges than the model", str(model))
 
 
 def test_score_on_a_broken_file_or_model_is_one_line(model: Path, tmp_path: Path) -> None:

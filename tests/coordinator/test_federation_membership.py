@@ -17,7 +17,8 @@ from coordinator.federation_policy import (
     public_key_of,
 )
 from coordinator.server_app import RunSettings
-from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
+from coordinator.simulation.engine import run_simulated_federation
+from coordinator.simulation.nodes import SimulatedNode, with_policies
 from policies.demo_keys import DEMO_COORDINATOR_KEY, DEMO_KEYS, demo_key_name
 from policies.documents import FederationPolicy, PolicyError
 from policies.signing import generate_keypair, read_public_keys

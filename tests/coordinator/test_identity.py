@@ -19,7 +19,7 @@ from clients.node_data import load_node_data
 from coordinator.recording import RecordingStrategy, RoundLog, UnattributedReplyError
 from coordinator.server_app import Coordinator, RunOutcome, RunSettings
 from federation import protocol as P
-from federation.partition import TRAIN_FILE
+from federation.datasets.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries
 from policies.decisions import Refusal
 from policies.signing import load_private_key, read_public_keys

@@ -52,7 +52,7 @@ def test_a_node_error_is_one_readable_line() -> None:
 
 
 def test_only_node_failures_fail_the_command() -> None:
-    from coordinator.cli import node_failures
+    from coordinator.simulation.cli import node_failures
 
     report = {
         "failures": [

@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli import SHOWN_APPLICANTS, app
+from coordinator.cli import app
+from coordinator.score_cli import SHOWN_APPLICANTS
+from federation.datasets.synthetic import generate_sme
 from federation.loading import load_dataset
 from federation.model import save_model
 from federation.schema import Schema
-from federation.synthetic import generate_sme
 
+from ..federation.model_helpers import card_for_tests
 from ..federation.test_scoring import untrained_model
 
 runner = CliRunner()
@@ -26,7 +28,7 @@ def model_and_applicants(tmp_path: Path, sme_schema: Schema) -> tuple[Path, Path
     generate_sme(400, seed=5).drop(columns=["true_pd", "default_12m"]).to_csv(applicants, index=False)
     model = tmp_path / "model.pt"
     save_model(
-        untrained_model(load_dataset(applicants, sme_schema, require_label=False)), model, {"schema": "sme"}
+        untrained_model(load_dataset(applicants, sme_schema, require_label=False)), model, card_for_tests()
     )
     return model, applicants
 
@@ -90,7 +92,7 @@ def test_data_generate_does_not_overwrite(tmp_path: Path) -> None:
 
 
 def test_schema_show_writes_ranges_in_words() -> None:
-    from coordinator.cli import value_range
+    from federation.cli import value_range
 
     assert [
         value_range(0.0, 1e6),
@@ -120,3 +122,11 @@ def test_data_partition_does_not_write_into_a_folder_in_use(tmp_path: Path) -> N
     assert (out / "notes.txt").read_text() == "the bank's own notes" and len(list(out.iterdir())) > 1
     on_a_file = runner.invoke(app, ["data", "partition", str(data), str(data)])
     assert on_a_file.exit_code == 2 and "is a file; give a folder" in on_a_file.output
+
+
+def test_argument_help_is_shown() -> None:
+    result = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "CSV or Parquet file of applicants" in result.output
+    result = runner.invoke(app, ["data", "validate", "--help"], env={"COLUMNS": "120"})
+    assert "CSV or Parquet file." in result.output

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from federation.baselines import new_model
+from benchmarks.research.baselines import new_model
 from federation.loading import encode_frame
 from federation.metrics import auc
 from federation.model import trainable_weights

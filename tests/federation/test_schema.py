@@ -88,7 +88,7 @@ def test_schema_level_errors() -> None:
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("name = \n")
-    with pytest.raises(SchemaError, match=r"broken\.toml: invalid TOML"):
+    with pytest.raises(SchemaError, match=r"broken\.toml: not valid TOML at line 1, column 8: invalid value"):
         load_schema(path)
 
 
@@ -102,3 +102,117 @@ def test_a_schema_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b'name = "x"\n\xff\xfe garbage')
     with pytest.raises(SchemaError, match=r"bad\.toml: not UTF-8 text \(byte 11\); a schema is a TOML file"):
         resolve_schema(path)
+
+
+_SCHEMA_TOML = """format_version = 1
+name = "t"
+version = "1"
+id_column = "id"
+label_column = "y"
+ignored_columns = ["note", "a"]
+
+[[columns]]
+name = "b"
+dimension = "credit"
+type = "numeric"
+
+[[columns]]
+name = "a"
+dimension = "credit"
+type = "numeric"
+"""
+
+
+def test_a_column_both_ignored_and_a_feature_is_refused_with_file_and_lines(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(_SCHEMA_TOML)
+    with pytest.raises(SchemaError) as err:
+        load_schema(path)
+    assert str(err.value) == (
+        f"{path}:6: column 'a' is both in ignored_columns and a feature ([[columns]] on line 13); "
+        "keep it in one of them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ignored_columns": ["y"]}, "my.toml: the label column 'y' cannot be in ignored_columns"),
+        ({"ignored_columns": ["id"]}, "my.toml: the id column 'id' cannot be in ignored_columns"),
+        ({"ignored_columns": ["n", "n"]}, "my.toml: 'ignored_columns' lists ['n'] twice"),
+        ({"ignored_columns": "n"}, "my.toml: 'ignored_columns' must be an array of column names, got str"),
+        ({"ignored_columns": [3]}, "my.toml: 'ignored_columns' entries must be non-empty strings, got 3"),
+        ({"label_column": "id"}, "my.toml: id_column and label_column are both 'id'"),
+        ({"description": 5}, "my.toml: 'description': expected a string, got int"),
+    ],
+)
+def test_contradictory_schema_is_refused(change: dict[str, object], message: str) -> None:
+    raw = _raw()
+    raw.update(change)
+    with pytest.raises(SchemaError) as err:
+        parse_schema(raw, "my.toml")
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max": float("inf")}, "column 'a'.max: inf is not a finite number"),
+        ({"min": float("-inf")}, "column 'a'.min: -inf is not a finite number"),
+        ({"min": float("nan")}, "column 'a'.min: nan is not a finite number"),
+        ({"min": 10**400}, "column 'a'.min: "),
+        ({"type": "binary", "max": 5}, "column 'a': a binary column is always 0 or 1"),
+        ({"type": "binary", "transform": "log1p"}, "column 'a': 'transform' applies to numeric columns only"),
+        ({"type": "categorical", "categories": ["x"], "transform": "signed_log1p"}, "'transform' applies to"),
+        ({"type": "categorical", "categories": "xy"}, "column 'a'.categories: expected an array of strings"),
+        ({"type": "categorical", "categories": ["x", 1.5]}, "every category must be a string"),
+        ({"type": "categorical", "categories": ["x", " "]}, "an empty category can never match"),
+        ({"name": "y"}, "column 'y' is the label column; it cannot also be a feature"),
+        ({"name": "id"}, "column 'id' is the id column; it cannot also be a feature"),
+        ({"name": "  "}, "columns[0]: 'name' must be a non-empty string"),
+    ],
+)
+def test_contradictory_column_is_refused(change: dict[str, object], message: str) -> None:
+    with pytest.raises(SchemaError) as err:
+        parse_schema(_raw(**change), "my.toml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("my.toml")
+
+
+def test_a_binary_column_may_spell_out_its_range() -> None:
+    schema = parse_schema(_raw(type="binary", min=0, max=1))
+    assert (schema.column("a").min, schema.column("a").max) == (0.0, 1.0)
+    assert parse_schema(_raw(type="categorical", categories=[1, 2])).column("a").categories == ("1", "2")
+
+
+def test_errors_name_the_line_of_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        _SCHEMA_TOML.replace('["note", "a"]', '["note"]').replace('type = "numeric"\n', "type = 1\n", 2)
+    )
+    with pytest.raises(SchemaError, match=rf"^{path}:8: column 'b'\.type: 1 is not one of"):
+        load_schema(path)
+
+
+def test_a_folder_or_missing_path_is_not_a_builtin_name(tmp_path: Path) -> None:
+    (tmp_path / "schemas").mkdir()
+    with pytest.raises(SchemaError) as err:
+        resolve_schema(tmp_path / "schemas")
+    assert str(err.value) == f"{tmp_path / 'schemas'}: is a folder, not a schema TOML file"
+    with pytest.raises(SchemaError) as err:
+        resolve_schema(tmp_path / "none" / "sme")
+    assert str(err.value) == f"{tmp_path / 'none' / 'sme'}: no such file; expected a schema TOML file"
+
+
+def test_an_empty_schema_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("# to be written\n")
+    with pytest.raises(SchemaError) as err:
+        load_schema(path)
+    assert str(err.value) == f"{path}: is empty (no TOML keys); expected a schema"
+
+
+def test_a_schema_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + _SCHEMA_TOML.replace('["note", "a"]', '["note"]').encode())
+    assert [c.name for c in load_schema(path).columns] == ["b", "a"]

@@ -14,6 +14,8 @@ from federation.normalization import local_moments, stats_from_moments
 from federation.schema import Schema
 from federation.scoring import score
 
+from .model_helpers import card_for_tests
+
 
 def untrained_model(data: EncodedData) -> FourDimensionModel:
     """A model with the data's layout and normalization; its weights are as initialised."""
@@ -52,7 +54,8 @@ def test_a_saved_model_scores_the_same(applicants: EncodedData, tmp_path: Path) 
     from federation.model import load_model
 
     model = untrained_model(applicants)
-    save_model(model, tmp_path / "m.pt", {"schema": "sme"})
-    loaded, meta = load_model(tmp_path / "m.pt")
-    assert meta == {"schema": "sme"}
+    card = card_for_tests()
+    save_model(model, tmp_path / "m.pt", card)
+    loaded, loaded_card = load_model(tmp_path / "m.pt")
+    assert loaded_card == card
     np.testing.assert_allclose(score(loaded, applicants).logit, score(model, applicants).logit, atol=1e-6)

@@ -167,7 +167,7 @@ def test_request_mints_a_unique_run_id(examples: Path, tmp_path: Path) -> None:
         json.loads(_request(examples, tmp_path, "collections", f"r{i}.json").read_text())["request"]["run_id"]
         for i in range(2)
     ]
-    assert ids[0] != ids[1] and all(re.fullmatch(r"explain-\d{8}T\d{6}Z-[0-9a-f]{8}", i) for i in ids)
+    assert ids[0] != ids[1] and all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{12}", i) for i in ids)
 
 
 def _sign_wire(request: TrainingRequest, examples: Path, out: Path, **payload_changes: object) -> Path:

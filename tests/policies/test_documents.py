@@ -39,7 +39,7 @@ def test_missing_policy_fails_closed(tmp_path: Path) -> None:
 
 
 def test_malformed_toml() -> None:
-    assert _error("kind = \n").startswith("p.toml: malformed TOML: ")
+    assert _error("kind = \n") == "p.toml: not valid TOML at line 1, column 8: invalid value"
 
 
 def test_unknown_key_names_file_line_and_key() -> None:
@@ -179,3 +179,57 @@ def test_federation_secure_aggregation_and_client_dp_settings() -> None:
     assert "privacy.client_dp.sigma: unknown key" in _error(
         privacy("[privacy.client_dp]\nnoise_multiplier = 1\nclipping_norm = 1\nsigma = 2")
     )
+
+
+def test_a_folder_is_not_a_missing_policy(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").mkdir()
+    with pytest.raises(PolicyError) as err:
+        load_policy(tmp_path / "p.toml")
+    assert str(err.value) == f"{tmp_path / 'p.toml'}: is a folder, not a policy TOML file"
+
+
+def test_policy_file_errors_are_one_line() -> None:
+    assert _error("") == "p.toml: is empty (no TOML keys); expected a policy"
+    assert _error('id = "unterminated') == (
+        "p.toml: not valid TOML at the end of the file (line 1): unterminated string"
+    )
+    with pytest.raises(PolicyError) as err:
+        parse_policy(b'owner = "Caf\xe9"\n', "p.toml")
+    assert str(err.value) == "p.toml: not UTF-8 text (byte 12); a policy is a TOML file"
+
+
+def test_a_policy_with_a_byte_order_mark_is_read_and_hashed_as_is(tmp_path: Path) -> None:
+    data = b"\xef\xbb\xbf" + (EXAMPLES / "national_bank.toml").read_bytes()
+    policy = parse_policy(data, "p.toml")
+    import hashlib
+
+    assert isinstance(policy, InstitutionPolicy)
+    assert policy.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_toml_reading_is_shared_and_keeps_each_callers_error(tmp_path: Path) -> None:
+    from federation.errors import SchemaError
+    from policies.toml_files import TomlFileError, load_toml
+
+    path = tmp_path / "x.toml"
+    path.write_text("a = 1\nb = \n")
+    expected = f"{path}: not valid TOML at line 2, column 5: invalid value"
+    for error in (TomlFileError, PolicyError, SchemaError):
+        with pytest.raises(error) as err:
+            load_toml(path, "thing", error)
+        assert str(err.value) == expected
+    with pytest.raises(TomlFileError, match=r"no such file; expected a thing TOML file"):
+        load_toml(tmp_path / "absent.toml", "thing")
+    path.write_text("a = 1\n")
+    assert load_toml(path, "thing") == {"a": 1}
+
+
+def test_toml_files_does_not_reach_above_policies() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, policies.toml_files; print(sorted(m for m in sys.modules if m.startswith('federation')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,15 +25,16 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, public_ke
 from sqlmodel import Session
 
 import coordinator.server_app
-import coordinator.simulation
+import coordinator.simulation.engine
 from clients.client_app import CreditClientApp
 from clients.policy_guard import NodeConfigResolver
 from clients.secure_aggregation_guard import SecureAggregationGuard
 from coordinator.server_app import RunSettings
-from coordinator.simulation import SimulatedNode, run_simulated_federation, with_policies
-from federation import shamir
-from federation.partition import write_partition
-from federation.synthetic import generate_sme
+from coordinator.simulation.engine import run_simulated_federation
+from coordinator.simulation.nodes import SimulatedNode, with_policies
+from federation.secagg import shamir
+from federation.datasets.partition import write_partition
+from federation.datasets.synthetic import generate_sme
 from policies.audit import create_audit_engine, entries
 
 
@@ -116,7 +117,7 @@ def _cheat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Messag
 def test_flowers_own_node_mod_gives_a_lying_coordinator_both_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(coordinator.simulation, "build_client_app", FlowersOwnSecAggApp)
+    monkeypatch.setattr(coordinator.simulation.engine, "build_client_app", FlowersOwnSecAggApp)
     replies, _ = _cheat(tmp_path, monkeypatch)
     seed_shares, key_shares = [], []
     for reply in replies:

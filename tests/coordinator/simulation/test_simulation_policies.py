@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.simulation import SimulatedNode, with_policies
+from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation import protocol as P
 from policies.documents import FederationPolicy, InstitutionPolicy
 from policies.signing import load_private_key, public_key_text, read_public_keys, verify_policy
 
-CONSORTIUM = Path(__file__).resolve().parents[2] / "policies" / "examples" / "sme_consortium.toml"
+CONSORTIUM = Path(__file__).resolve().parents[3] / "policies" / "examples" / "sme_consortium.toml"
 KEYS = CONSORTIUM.parent / "keys"
 
 

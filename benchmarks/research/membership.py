@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from federation.baselines import train_for_epochs
+from benchmarks.research.baselines import train_for_epochs
 from federation.loading import EncodedData
 from federation.metrics import auc
 from federation.model import FourDimensionModel, ModelConfig

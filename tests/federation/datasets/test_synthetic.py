@@ -7,7 +7,7 @@ import pytest
 from federation.loading import encode_frame
 from federation.metrics import auc
 from federation.schema import Schema
-from federation.synthetic import generate_sme
+from federation.datasets.synthetic import generate_sme
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
@@ -61,7 +61,7 @@ def test_grocery_couple_example_is_a_valid_applicant(sme_schema: Schema) -> None
 
     from federation.loading import load_dataset
 
-    path = Path(__file__).resolve().parents[2] / "examples" / "grocery_store_couple.csv"
+    path = Path(__file__).resolve().parents[3] / "examples" / "grocery_store_couple.csv"
     data = load_dataset(path, sme_schema, require_label=False, min_rows=1)
     assert data.ids.tolist() == ["grocery-couple"]
     frame = pd.read_csv(path)

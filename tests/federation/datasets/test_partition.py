@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from federation.partition import (
+from federation.datasets.partition import (
     HOLDOUT_FILE,
     TRAIN_FILE,
     assign_institutions,
@@ -14,7 +14,7 @@ from federation.partition import (
     institution_profiles,
     write_partition,
 )
-from federation.synthetic import generate_sme
+from federation.datasets.synthetic import generate_sme
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 
-from coordinator.prompt_pickup import install_prompt_pickup
+from coordinator.simulation.prompt_pickup import install_prompt_pickup
 
 
 class _State:

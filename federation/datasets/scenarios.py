@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from federation.partition import (
+from federation.datasets.partition import (
+    TRAIN_FILE,
     assign_institutions,
     dirichlet_label_assignment,
     institution_profiles,
     write_institution,
     write_partition,
 )
+from federation.datasets.synthetic import LABEL_COLUMN, generate_sme
+from federation.errors import FedCreditError
+from federation.schema import resolve_schema
 from federation.seeding import rng_for
-from federation.synthetic import LABEL_COLUMN, generate_sme
 
 DATA_DIR_ENV = "FEDCREDIT_DATA_DIR"
 UCI_HOMO_BANKS = ("guest", "host_1", "host_2")
@@ -29,7 +33,7 @@ TEST_FILE = "test.csv"
 class Federation:
     schema: str
     institutions: dict[str, Path]  # name -> data folder
-    test_path: Path
+    test_path: Path | None  # the coordinator's labelled test set, if it has one
 
 
 def fate_data_dir(explicit: str | Path | None = None) -> Path:
@@ -105,3 +109,41 @@ def uci_federation(
         names = [f"bank_{k + 1}" for k in range(institutions)]
         folders = write_partition(pooled, assignment, names, root, holdout_fraction, seed)
     return Federation("uci_homo", folders, source / "default_credit_homo_test.csv")
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def own_federation(folders: dict[str, Path], schema: str, test: Path | None = None) -> Federation:
+    """A federation on folders the user names: each must hold ``train.csv`` (``holdout.csv`` optional).
+
+    Checks what can be checked before any node starts: names, folders, files, the schema."""
+    resolved = resolve_schema(schema)  # a bad schema is one error here, not one per node
+    if len(folders) < 2:
+        raise FedCreditError(f"{len(folders)} institution(s): a federation needs at least 2 (--institution)")
+    seen: dict[Path, str] = {}
+    for name, folder in folders.items():
+        if not NAME_PATTERN.fullmatch(name):
+            raise FedCreditError(
+                f"--institution {name!r}: a name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )
+        if not folder.exists():
+            raise FedCreditError(f"--institution {name}={folder}: no such folder")
+        if not folder.is_dir():
+            raise FedCreditError(
+                f"--institution {name}={folder}: is a file; give the folder that holds {TRAIN_FILE}"
+            )
+        if not (folder / TRAIN_FILE).is_file():
+            raise FedCreditError(f"--institution {name}={folder}: no {TRAIN_FILE} in this folder")
+        real = folder.resolve()
+        if real in seen:
+            raise FedCreditError(f"--institution {name}={folder}: the same folder as {seen[real]}")
+        seen[real] = name
+    if test is not None:
+        if test.is_dir():
+            raise FedCreditError(f"--test {test}: is a folder; give a labelled CSV or Parquet file")
+        if not test.is_file():
+            raise FedCreditError(f"--test {test}: no such file")
+    from_file = Path(schema).suffix == ".toml" or Path(schema).exists()
+    ref = str(Path(schema).resolve()) if from_file else resolved.name
+    return Federation(ref, {n: f.resolve() for n, f in folders.items()}, test.resolve() if test else None)

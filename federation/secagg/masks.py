@@ -12,7 +12,7 @@ on one machine (``benchmarks/secagg_crypto.py`` measures the cost of one try).
 ``pseudo_rand_gen`` here keeps Flower's signature and output (int64 arrays of
 the given shapes, uniform over ``[0, num_range)``), but the stream is
 ChaCha20 keyed with SHA-256 of the whole seed. Node and coordinator must
-expand masks the same way: both install it (``federation.flower_secagg``).
+expand masks the same way: both install it (``federation.secagg.flower``).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from federation.datasets.synthetic import INDUSTRIES, REGIONS, TRUE_PD_COLUMN
 from federation.seeding import rng_for
-from federation.synthetic import INDUSTRIES, REGIONS, TRUE_PD_COLUMN
 
 TRAIN_FILE = "train.csv"
 HOLDOUT_FILE = "holdout.csv"

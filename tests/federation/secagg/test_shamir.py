@@ -1,4 +1,4 @@
-"""federation.shamir against Flower's own Shamir sharing (pycryptodome underneath)."""
+"""federation.secagg.shamir against Flower's own Shamir sharing (pycryptodome underneath)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from Crypto.Protocol import SecretSharing
 from Crypto.Protocol.SecretSharing import _Element
 from flwr.common.secure_aggregation.crypto import shamir as flower_shamir
 
-from federation import shamir
+from federation.secagg import shamir
 
 # the secrets SecAgg+ shares: a 32-byte mask seed and a PEM private key; and edge sizes
 SIZES = [0, 1, 15, 16, 17, 32, 306]

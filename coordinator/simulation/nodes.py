@@ -1,28 +1,20 @@
-"""Run a federation on Flower's simulation engine (Ray), one virtual node per institution."""
+"""The virtual institutions of a simulated federation: what each SuperNode would be started with,
+and the signed policy and key each one gets for a run."""
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flwr.clientapp.typing import Mod
-from flwr.common import Context
-
-from clients.client_app import build_client_app
 from coordinator.federation_policy import public_key_of
-from coordinator.prompt_pickup import install_prompt_pickup
-from coordinator.server_app import RoundCallback, RunOutcome, RunSettings, build_server_app
 from federation import protocol as P
+from federation.schema import resolve_schema
 from policies.demo_keys import DEMO_KEYS
 from policies.demo_keys import EXAMPLES as EXAMPLE_POLICIES
 from policies.signing import generate_keypair, read_public_keys, sign_policy
-
-PROJECT_VAR = Path("var")
 
 
 @dataclass(frozen=True)
@@ -99,7 +91,7 @@ def with_policies(
     keys = run_dir / "keys"
     out = []
     for node in nodes:
-        folder = node.data_path / "policy"
+        folder = run_dir / "policies" / node.institution  # never inside the institution's data folder
         folder.mkdir(parents=True, exist_ok=True)
         example = EXAMPLE_POLICIES / f"{node.institution}.toml"
         if use_examples and example.is_file():
@@ -114,7 +106,7 @@ def with_policies(
                 )
             text = SIMULATION_POLICY.format(
                 institution=node.institution,
-                schema=node.schema,
+                schema=resolve_schema(node.schema).name,  # a schema is its name, wherever it was read from
                 coordinator=coordinator,
                 today=dt.date.today(),
                 tomorrow=dt.date.today() + dt.timedelta(days=1),
@@ -141,83 +133,3 @@ def with_policies(
 def members_of(nodes: Sequence[SimulatedNode]) -> tuple[tuple[str, str], ...]:
     """(institution, public key) of every node that has its key."""
     return tuple((n.institution, public_key_of(n.node_key)) for n in nodes if n.node_key is not None)
-
-
-class SimulatedNodeConfigs:
-    """Gives each virtual node its own node config.
-
-    Flower's simulation engine only numbers its virtual nodes (``partition-id``);
-    this maps that number to the node config a real SuperNode would be started
-    with, so the client code reads ``data-path`` exactly as in deployment.
-    """
-
-    def __init__(self, nodes: Sequence[SimulatedNode]) -> None:
-        self.configs = [n.node_config() for n in nodes]
-
-    def __call__(self, context: Context) -> Mapping[str, str]:
-        return self.configs[int(context.node_config["partition-id"])]
-
-
-def flower_environment(var_dir: Path = PROJECT_VAR) -> None:
-    """No telemetry, no update checks, Flower's state inside the project's ``var/``."""
-    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
-    os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("FLWR_HOME", str((var_dir / "flwr").resolve()))
-    Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
-
-
-def run_simulated_federation(
-    nodes: Sequence[SimulatedNode],
-    settings: RunSettings,
-    on_round: RoundCallback | None = None,
-    parallel_nodes: int = 2,
-    quiet: bool = True,
-    outer_mods: Sequence[Mod] = (),
-) -> RunOutcome:
-    """Train across ``nodes`` on Flower's simulation engine; returns what the coordinator saw."""
-    if len(nodes) < settings.min_institutions:
-        raise ValueError(f"{len(nodes)} node(s), but the run needs at least {settings.min_institutions}")
-    if not settings.members:  # the operator's own sandbox: its nodes are the members
-        settings = replace(settings, members=members_of(nodes))
-    if settings.members:
-        members = set(settings.members)
-        strangers = [
-            n.institution
-            for n in nodes
-            if n.node_key is None or (n.institution, public_key_of(n.node_key)) not in members
-        ]
-        if strangers:
-            raise ValueError(
-                f"node(s) {', '.join(strangers)} not among the run's members "
-                f"({', '.join(name for name, _ in settings.members)}) with their member key"
-            )
-    flower_environment()
-    from flwr.simulation import run_simulation  # imports Ray: keep it off the CLI's start-up path
-
-    install_prompt_pickup()
-
-    if quiet:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
-    outcome = RunOutcome()
-    server_app = build_server_app(settings, outcome, on_round)
-    client_app = build_client_app(SimulatedNodeConfigs(nodes), outer_mods)
-    cpus = max(1, min(parallel_nodes, os.cpu_count() or 1))
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(nodes),
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": cpus,
-                "num_gpus": 0,
-                "log_to_driver": not quiet,
-                "logging_level": logging.ERROR,
-            },
-        },
-    )
-    if outcome.model is None:
-        raise RuntimeError("the federated run ended without a model; see the log above")
-    return outcome

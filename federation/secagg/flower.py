@@ -1,8 +1,8 @@
 """FedCredit's secret sharing and mask generator inside Flower's SecAgg+.
 
 Flower's node mod and coordinator workflow look these functions up by name
-when they run; this points those names at ``federation.shamir`` (faster, same
-shares) and ``federation.secure_masks`` (masks from the whole seed), and makes
+when they run; this points those names at ``federation.secagg.shamir`` (faster, same
+shares) and ``federation.secagg.masks`` (masks from the whole seed), and makes
 the node parse its private key once per stage rather than once per
 neighbour. Node and coordinator both call ``install_into_flower`` when their
 module is imported. Only the Flower version the project pins is patched; with
@@ -22,22 +22,13 @@ import flwr
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key
 
-from federation import secure_masks, shamir
+from federation.secagg import masks as secure_masks
+from federation.secagg import shamir
 
 FLOWER_VERSION = "1.42.0"
 MASK_SCHEME = "chacha20-sha256-v1"  # the only scheme coordinator and nodes run SecAgg+ with
 FLOWER_MASK_SCHEME = "flower-mt19937-32bit"
 _log = logging.getLogger(__name__)
-
-
-def threshold_problem(shares: int, threshold: int) -> str | None:
-    """Why a share count and reconstruction threshold do not protect a node's secrets; None if they do.
-
-    Below 2, one share is the secret; at half or less, two disjoint groups of nodes could each rebuild it.
-    """
-    if threshold < 2 or threshold > shares or 2 * threshold <= shares:
-        return f"reconstruction threshold {threshold} of {shares} shares: it must be at least 2 and more than half"
-    return None
 
 
 @lru_cache(maxsize=4)

@@ -11,7 +11,7 @@ from Crypto.Cipher import ChaCha20
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as flower_masks
 
 from coordinator.secure_aggregation import MODULUS_RANGE
-from federation.secure_masks import pseudo_rand_gen
+from federation.secagg.masks import pseudo_rand_gen
 
 SHAPES = [(16, 8), (8,), (), (3, 2, 2)]
 

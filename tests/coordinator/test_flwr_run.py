@@ -1,0 +1,208 @@
+"""The module-level apps under Flower's own deployment engine: a local SuperLink, two SuperNodes,
+and ``flwr run`` of this project (insecure, on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.simulation.nodes import SimulatedNode, with_policies
+from federation.datasets.scenarios import sme_federation
+from federation.model import load_model
+from policies.signing import generate_keypair, read_public_keys, sign_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(config: dict[str, str]) -> str:
+    return " ".join(f'{k}="{v}"' for k, v in config.items())
+
+
+FEDERATION_POLICY = """format_version = 1
+kind = "federation"
+id = "federation.test-deployment"
+version = 1
+owner = "test"
+effective = 2026-01-01
+expires = 2099-12-31
+
+[[members]]
+name = "coordinator"
+role = "coordinator"
+public_key = "{coordinator}"
+{holders}
+[dataset]
+schema = "sme"
+schema_version = "1.0.0"
+
+[aggregation]
+strategy = "fedavg"
+rounds = 1
+max_rounds = 5
+min_institutions = 2
+
+[privacy]
+secure_aggregation = false
+delta = 1e-5
+
+[scoring]
+allowed_members = []
+allowed_purposes = ["credit_underwriting"]
+require_consent_reference = true
+requests_per_minute = 60
+"""
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"nothing listens on {port}: " + log.read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in reversed(started):  # stop every process we started, by PID (and its children)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FEDCREDIT_VAR_DIR": str(tmp_path / "var"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # flower-superexec, flwr-serverapp
+    }
+    keys = tmp_path / "keys"
+    generate_keypair(keys, "coordinator")
+    generate_keypair(keys, "consortium")
+    coordinator_pub = read_public_keys(keys / "coordinator.pub")[0]
+    federation = sme_federation(tmp_path / "data", 2, 3000, seed=3)
+    nodes = with_policies(
+        [SimulatedNode(name, path, "sme") for name, path in federation.institutions.items()],
+        tmp_path / "nodes",
+        use_examples=False,
+        coordinator_key=coordinator_pub,
+    )
+    holders = "".join(
+        f'\n[[members]]\nname = "{n.institution}"\nrole = "data_holder"\n'
+        f'public_key = "{read_public_keys(n.node_key.with_suffix(".pub"))[0]}"\n'  # type: ignore[union-attr]
+        for n in nodes
+    )
+    policy = tmp_path / "federation.toml"
+    policy.write_text(
+        FEDERATION_POLICY.format(coordinator=coordinator_pub, holders=holders), encoding="utf-8"
+    )
+    sign_policy(policy, keys / "consortium.key")
+
+    port = _free_port()  # Flower 1.42 serves its runtime, fleet and control APIs on one HTTP port
+    log = (tmp_path / "superlink.log").open("wb")
+    processes.append(
+        subprocess.Popen(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                f"--database={tmp_path / 'superlink.db'}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
+    for k, node in enumerate(nodes):
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    f"--superlink=127.0.0.1:{port}",
+                    "--host=127.0.0.1",
+                    f"--port={_free_port()}",
+                    f"--node-config={_toml(node.node_config())}",
+                ],
+                env=env,
+                stdout=(tmp_path / f"node{k}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    (tmp_path / "flwr").mkdir(exist_ok=True)
+    (tmp_path / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
+        encoding="utf-8",
+    )
+    run_config = _toml(
+        {
+            "federation-policy": str(policy),
+            "federation-trust": str(keys / "consortium.pub"),
+            "coordinator-key": str(keys / "coordinator.key"),
+            "test-path": str(federation.test_path),
+            "runs-dir": str(tmp_path / "runs"),
+        }
+    )
+    _wait_for_port(port, processes[0], tmp_path / "superlink.log")
+    submitted = subprocess.run(
+        [str(BIN / "flwr"), "run", str(ROOT), "test", "--run-config", run_config],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline = time.monotonic() + 240
+    reports: list[Path] = []
+    while time.monotonic() < deadline and not reports:
+        time.sleep(2)
+        reports = list((tmp_path / "runs").glob("*/report.json"))
+        assert processes[0].poll() is None, (tmp_path / "superlink.log").read_text(errors="replace")[-3000:]
+    assert reports, (
+        "no run report; superlink log:\n" + (tmp_path / "superlink.log").read_text(errors="replace")[-4000:]
+    )
+    report = json.loads(reports[0].read_text(encoding="utf-8"))
+    assert report["engine"] == "deployment"
+    assert sorted(report["institutions"]) == sorted(federation.institutions)
+    assert [r["round"] for r in report["rounds"]] == [1]
+    for name, institution in report["institutions"].items():  # each node trained on its own rows
+        assert institution["train_rows"] > 0, name
+        assert institution["rounds"][0]["train_loss"] > 0, name
+    _model, card = load_model(reports[0].parent / "model.pt", expected_sha256=report["model"]["sha256"])
+    assert sorted(card.institutions) == sorted(federation.institutions)
+    assert card.federation_policy_sha256 is not None
