@@ -43,16 +43,16 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 
 import coordinator.server_app
+from benchmarks.research.membership import loss_attack_auc, reference_attack_auc, train_reference_models
 from coordinator.prompt_grid import PromptGrid
 from coordinator.server_app import RunOutcome, RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
-from federation.loading import load_dataset
-from benchmarks.research.membership import loss_attack_auc, reference_attack_auc, train_reference_models
-from federation.metrics import score_metrics
-from federation.model import FourDimensionModel, ModelConfig
 from federation.datasets.partition import TRAIN_FILE
 from federation.datasets.scenarios import Federation, fate_data_dir, uci_federation
+from federation.loading import load_dataset
+from federation.metrics import score_metrics
+from federation.model import FourDimensionModel, ModelConfig
 from federation.schema import resolve_schema
 from federation.seeding import rng_for
 from federation.training import TrainConfig

@@ -29,13 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.research.baselines import gbdt_features, gbdt_pooled, pool, train_for_epochs, train_local_only
 from coordinator.server_app import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
-from benchmarks.research.baselines import gbdt_features, gbdt_pooled, pool, train_for_epochs, train_local_only
-from federation.loading import EncodedData, load_dataset
-from federation.metrics import score_metrics
-from federation.model import FourDimensionModel
 from federation.datasets.partition import (
     HOLDOUT_FILE,
     SMALL_SHARE,
@@ -44,8 +41,11 @@ from federation.datasets.partition import (
     institution_profiles,
 )
 from federation.datasets.scenarios import fate_data_dir, uci_federation
-from federation.schema import resolve_schema
 from federation.datasets.synthetic import LABEL_COLUMN, TRUE_PD_COLUMN, generate_sme
+from federation.loading import EncodedData, load_dataset
+from federation.metrics import score_metrics
+from federation.model import FourDimensionModel
+from federation.schema import resolve_schema
 from federation.training import predict_proba
 
 WORK = Path("var/bench/quality")

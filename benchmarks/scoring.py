@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from federation.datasets.synthetic import generate_sme
 from federation.loading import load_dataset, write_table
 from federation.model import FourDimensionModel
 from federation.normalization import local_moments, stats_from_moments
 from federation.schema import resolve_schema
 from federation.scoring import score
-from federation.datasets.synthetic import generate_sme
 
 
 def main() -> None:

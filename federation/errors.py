@@ -50,6 +50,9 @@ class DataValidationError(FedCreditError):
         text = "\n".join(lines)
         super().__init__(f"{source}: {len(problems):,} problem(s) with the data:\n{text}")
 
+    def __reduce__(self) -> tuple[object, ...]:  # pickled across processes (a simulation's nodes)
+        return (DataValidationError, (self.source, self.problems))
+
 
 class DataFileError(DataValidationError):
     """A data file cannot be read as a table at all: absent, a folder, the wrong format, damaged.
@@ -58,7 +61,12 @@ class DataFileError(DataValidationError):
     whole-file problem, so callers that summarise ``problems`` keep working.
     """
 
-    def __init__(self, source: str, message: str) -> None:
+    def __init__(self, source: str, message: str, rows: tuple[int, ...] = ()) -> None:
         self.source = source
-        self.problems = [DataProblem("", message)]
-        FedCreditError.__init__(self, f"{source}: {message}")
+        self.problems = [DataProblem("", message, rows)]
+        shown = f" (first rows: {', '.join(str(r) for r in rows)})" if rows else ""
+        FedCreditError.__init__(self, f"{source}: {message}{shown}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        problem = self.problems[0]
+        return (DataFileError, (self.source, problem.message, problem.rows))

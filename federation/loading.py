@@ -308,12 +308,11 @@ def _read_csv(path: Path, source: str, schema: Schema) -> pd.DataFrame:
 
         with contextlib.suppress(pa.ArrowException, ValueError):  # stopped on purpose after a few
             pacsv.read_csv(pa.py_buffer(data), **options(note, False))
-        shown = ", ".join(str(r) for r in rows if r > 0)
         raise DataFileError(
             source,
             f"{ragged:,} row(s) have a different number of fields than the header's "
-            f"{table.num_columns:,} (a missing or extra comma, or an unclosed quote?)"
-            + (f" (first rows: {shown})" if shown else ""),
+            f"{table.num_columns:,} (a missing or extra comma, or an unclosed quote?)",
+            tuple(r for r in rows if r > 0),
         )
     if table.num_columns == 1:
         for sep in (";", "\t", "|"):

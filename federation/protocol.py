@@ -47,7 +47,10 @@ NODE_AUDIT_DB: Final = "audit-db"  # database URL of the node's audit log
 NODE_KEY: Final = "node-key"  # the institution's Ed25519 private key: signs replies and audit heads
 NODE_DP_SEED: Final = "dp-seed"  # only for reproducible DP experiments: seeds the node's DP noise
 
-NODE_DATA_INVALID = "deny.node_data_invalid"  # a node whose data fails its schema: a node failure, not a refusal
+NODE_DATA_INVALID = (
+    "deny.node_data_invalid"  # a node whose data fails its schema: a node failure, not a refusal
+)
+
 
 def encode_vector(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values, dtype="<f4").tobytes()

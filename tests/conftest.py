@@ -12,8 +12,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from sqlalchemy.engine import Engine
 
 from federation.datasets.scenarios import DATA_DIR_ENV
-from federation.schema import Schema, resolve_schema
 from federation.datasets.synthetic import generate_sme
+from federation.schema import Schema, resolve_schema
 from policies.audit import create_audit_engine
 
 

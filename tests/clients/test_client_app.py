@@ -13,11 +13,11 @@ from clients.node_data import NodeData, load_node_data
 from coordinator.simulation.engine import SimulatedNodeConfigs
 from coordinator.simulation.nodes import SimulatedNode
 from federation import protocol as P
+from federation.datasets.partition import TRAIN_FILE
 from federation.errors import DataValidationError
 from federation.loading import FeatureLayout
 from federation.model import FourDimensionModel, trainable_weights
 from federation.normalization import local_moments
-from federation.datasets.partition import TRAIN_FILE
 from federation.schema import resolve_schema
 from policies.decisions import SignedRequest, TrainingRequest, sign_request
 from policies.identity import Attestation, attributed_member

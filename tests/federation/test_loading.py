@@ -301,3 +301,16 @@ def test_real_uci_files_validate(fate_dir: Path, schema: str, files: list[str]) 
         data = load_dataset(fate_dir / name, resolve_schema(schema))
         assert len(data) in (30_000, 8_000, 6_000)
         assert data.layout.width == 21  # 23 features, SEX and MARRIAGE protected
+
+
+def test_data_errors_survive_pickling_across_processes() -> None:
+    import pickle
+
+    from federation.errors import DataProblem
+
+    for error in (
+        DataFileError("d.csv", "2 row(s) have a different number of fields", (4, 9)),
+        DataValidationError("d.csv", [DataProblem("a", "1 value(s) not a number", (3,))]),
+    ):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and again.problems == error.problems

@@ -32,9 +32,9 @@ from clients.secure_aggregation_guard import SecureAggregationGuard
 from coordinator.server_app import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
-from federation.secagg import shamir
 from federation.datasets.partition import write_partition
 from federation.datasets.synthetic import generate_sme
+from federation.secagg import shamir
 from policies.audit import create_audit_engine, entries
 
 

@@ -20,9 +20,9 @@ from coordinator.server_app import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation import protocol as P
-from federation.metrics import score_metrics
 from federation.datasets.partition import TRAIN_FILE, write_partition
 from federation.datasets.synthetic import generate_sme
+from federation.metrics import score_metrics
 
 ALLOWED_METRICS = {
     *score_metrics(np.array([0.0, 1.0]), np.array([0.2, 0.7])),

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from federation.datasets.synthetic import generate_sme
 from federation.loading import encode_frame
 from federation.metrics import auc
 from federation.schema import Schema
-from federation.datasets.synthetic import generate_sme
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
