@@ -21,14 +21,13 @@ from typing import Any
 
 import psycopg
 
-from federation.loading import FeatureLayout
+from coordinator.server_app import RunSettings, training_request
 from federation.schema import resolve_schema
 from policies.audit import create_audit_engine, record
-from policies.decisions import TrainingRequest, evaluate_training, sign_request
+from policies.decisions import evaluate_training, sign_request
+from policies.demo_keys import EXAMPLES
 from policies.documents import InstitutionPolicy, load_policy
 from policies.signing import load_private_key
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "policies" / "examples"
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
@@ -43,19 +42,11 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 def bench_evaluation(n: int) -> dict[str, float]:
     policy = load_policy(EXAMPLES / "national_bank.toml")
     assert isinstance(policy, InstitutionPolicy)
-    features = FeatureLayout.from_schema(resolve_schema("sme")).features()
+    settings = RunSettings(
+        schema="sme", run_id="bench", rounds=10, min_institutions=3, secure_aggregation=False
+    )
     signed = sign_request(
-        TrainingRequest(
-            run_id="bench",
-            purpose="credit_underwriting",
-            schema="sme",
-            schema_version="1.0.0",
-            features=features,
-            strategy="fedavg",
-            rounds=10,
-            min_institutions=3,
-            secure_aggregation=False,
-        ),
+        training_request(settings, resolve_schema("sme")),
         load_private_key(EXAMPLES / "keys" / "demo_coordinator.key"),
     )
     times = []

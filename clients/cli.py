@@ -44,7 +44,7 @@ def node_check(
     audit_db: Annotated[
         str | None,
         typer.Option(
-            help="The node's audit database (node config 'audit-db') [default: "
+            help="The node's audit database (node config 'audit-db') \\[default: "
             "node-<institution>.db in the audit folder of $FEDCREDIT_VAR_DIR or var/].",
             show_default=False,
         ),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from policies.db_cli import db_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from clients.cli import node_app
@@ -13,7 +12,17 @@ from federation import cli as data_cli
 from federation.errors import FedCreditError
 from policies import cli as policy_cli
 from policies.cli_errors import error_line
+from policies.db_cli import db_app
 from policies.documents import PolicyError
+
+
+def schema_identity(reference: str) -> tuple[str, str]:
+    """A schema's (name, version), from its name or its file."""
+    from federation.schema import resolve_schema
+
+    schema = resolve_schema(reference)
+    return schema.name, schema.version
+
 
 # Never print local variables in a traceback: they hold passwords, keys and applicants' data.
 # (Typer applies the root app's setting to every sub-command.)
@@ -26,7 +35,7 @@ app = typer.Typer(
 simulation_cli.register(app)
 score_cli.register(app)
 data_cli.register(app)
-policy_cli.register(app)
+policy_cli.register(app, schema_identity=schema_identity)
 app.add_typer(node_app, name="node")
 app.add_typer(db_app, name="db")
 

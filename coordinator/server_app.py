@@ -42,11 +42,9 @@ from policies.audit import append, create_audit_engine, database_url, record, si
 from policies.contributions import EVALUATE
 from policies.decisions import Refusal, TrainingRequest, new_run_id, sign_request
 from policies.demo_keys import DEMO_COORDINATOR_KEY, demo_key_name
-from policies.documents import ClientLevelDP
+from policies.documents import STRATEGIES, ClientLevelDP
 from policies.identity import Attestation, attributed_member
 from policies.signing import load_private_key, public_key_text
-
-STRATEGIES = ("fedavg", "fedprox")
 
 RoundCallback = Callable[[int, dict[str, float]], None]
 
@@ -95,6 +93,23 @@ class RunSettings:
             raise ValueError(f"epsilon must be finite and > 0 (or None for no DP), got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+
+def training_request(settings: RunSettings, schema: Schema) -> TrainingRequest:
+    """What every node is asked for this run, before the coordinator signs it."""
+    return TrainingRequest(
+        run_id=settings.run_id,
+        purpose=settings.purpose,
+        schema=schema.name,
+        schema_version=schema.version,
+        features=FeatureLayout.from_schema(schema).features(),
+        strategy=settings.strategy,
+        rounds=settings.rounds,
+        min_institutions=settings.min_institutions,
+        secure_aggregation=settings.secure_aggregation,
+        epsilon=settings.epsilon,
+        delta=settings.delta,
+    )
 
 
 def coordinator_actor(settings: RunSettings) -> str:
@@ -150,22 +165,7 @@ class Coordinator:
                 f"{settings.coordinator_key} is FedCredit's published demo key {demo}, which anyone can "
                 "sign with: refused unless the run is marked as a demo (RunSettings.demo_keys)"
             )
-        self.request = sign_request(
-            TrainingRequest(
-                run_id=settings.run_id,
-                purpose=settings.purpose,
-                schema=self.schema.name,
-                schema_version=self.schema.version,
-                features=self.layout.features(),
-                strategy=settings.strategy,
-                rounds=settings.rounds,
-                min_institutions=settings.min_institutions,
-                secure_aggregation=settings.secure_aggregation,
-                epsilon=settings.epsilon,
-                delta=settings.delta,
-            ),
-            self.key,
-        )
+        self.request = sign_request(training_request(settings, self.schema), self.key)
         outcome.request_digest = self.request.digest
         self.audit = create_audit_engine(settings.audit_url)
         self.members = dict(settings.members)

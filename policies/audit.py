@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from policies.db import ensure_schema
+from policies.db import ensure_schema, serialize_sqlite_writes
 from policies.settings import FedCreditSettings
 from policies.signing import canonical_json, key_id, public_key_text, sha256_hex, sign_bytes, verify_bytes
 
@@ -160,19 +160,9 @@ def create_audit_engine(url: str | None = None) -> Engine:
     url = url or database_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _no_implicit_begin(dbapi_conn: Any, _: Any) -> None:
-            dbapi_conn.isolation_level = None
-            # write-ahead log: one fsync per commit (synchronous=FULL keeps every commit durable)
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA synchronous=FULL")
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        engine = serialize_sqlite_writes(
+            create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        )
     else:
         engine = create_engine(url, pool_pre_ping=True)
     ensure_schema(engine)  # the tables come from the migrations (policies/migrations)

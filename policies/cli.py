@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,15 +16,11 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from policies.audit import (
-    AuditDatabaseError,
     append,
     create_audit_engine,
-    database_url,
-    describe_db_error,
     export_jsonl,
     has_audit_log,
     mask_url,
@@ -34,6 +29,7 @@ from policies.audit import (
     verify_chain,
 )
 from policies.cli_errors import fail
+from policies.cli_options import DbOption, TrustOption, database, database_errors
 from policies.contributions import STATS, JoinLimits, contribution_problem
 from policies.decisions import SignedRequest, TrainingRequest, evaluate_training, new_run_id, sign_request
 from policies.demo_keys import demo_key_name
@@ -64,41 +60,6 @@ audit_app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        help="Audit database URL. Default: $DATABASE_URL, else fedcredit.db in $FEDCREDIT_VAR_DIR "
-        "or the project's var/ folder.",
-        show_default=False,
-    ),
-]
-TrustOption = Annotated[Path, typer.Option(help="Trusted public key file, or a folder of .pub files.")]
-
-
-def _database(db: str | None) -> str:
-    """The audit database URL: ``--db``, else ``$DATABASE_URL``, else the default; never an empty one."""
-    if db is not None:
-        if not db.strip():
-            raise fail("--db is empty: name the audit database URL (or leave --db out for the default)")
-        return db
-    if "DATABASE_URL" in os.environ and not os.environ["DATABASE_URL"].strip():
-        raise fail(
-            "DATABASE_URL is set but empty: set it to the audit database URL, or unset it for the default"
-        )
-    return database_url()
-
-
-@contextmanager
-def _database_errors(url: str, what: str) -> Iterator[None]:
-    """A database (or file) failure as one line: what failed and where, password masked, exit 2."""
-    try:
-        yield
-    except AuditDatabaseError as exc:
-        raise fail(exc) from None
-    except (SQLAlchemyError, OSError) as exc:
-        raise fail(f"{what} failed at {mask_url(url)}: {describe_db_error(exc, url)}") from None
-
 
 def _trusted(trust: Path) -> tuple[str, ...]:
     try:
@@ -117,7 +78,7 @@ KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def keys_generate(
     name: Annotated[str, typer.Argument(help="Key name: writes NAME.key (private) and NAME.pub.")],
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the key files [default: the project's var/keys].")
+        Path | None, typer.Option(help="Folder for the key files \\[default: the project's var/keys].")
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -129,7 +90,7 @@ def keys_generate(
         raise fail(
             f"key name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
-    url = _database(db)
+    url = database(db)
     out = out or var_dir() / "keys"
     for path in (out / f"{name}.key", out / f"{name}.pub"):
         if path.exists():
@@ -138,7 +99,7 @@ def keys_generate(
     kid = key_id(public_key_text(key.public_key()))
     written: tuple[Path, ...] = ()
     try:
-        with _database_errors(url, "recording the key generation"):
+        with database_errors(url, "recording the key generation"):
             engine = create_audit_engine(url)
             try:
                 with Session(engine) as session:
@@ -300,8 +261,10 @@ def policy_request(
     out: Annotated[Path, typer.Argument(help="Where to write the signed request (JSON).")],
     key: Annotated[Path, typer.Option(help="Coordinator private key.")],
     purpose: Annotated[str, typer.Option()] = "credit_underwriting",
-    schema: Annotated[str, typer.Option()] = "sme",
-    schema_version: Annotated[str, typer.Option()] = "1.0.0",
+    schema: Annotated[str, typer.Option(help="Schema name or TOML file the run trains on.")] = "sme",
+    schema_version: Annotated[
+        str | None, typer.Option(help="\\[default: the schema's version]", show_default=False)
+    ] = None,
     feature: Annotated[list[str] | None, typer.Option(help="column:dimension, repeatable.")] = None,
     min_institutions: Annotated[int, typer.Option()] = 3,
     secure_aggregation: Annotated[
@@ -321,13 +284,21 @@ def policy_request(
         raise fail(f"{out}: is a folder; give the request file's path")
     if out.exists() and not force:
         raise fail(f"{out}: exists; pass --force to replace it")
+    if _schema_identity is not None:
+        try:
+            name, version = _schema_identity(schema)
+        except Exception as exc:  # the schema reader's own error, whatever its type
+            raise fail(f"--schema {schema}: {exc}") from None
+        if schema_version is not None and schema_version != version:
+            raise fail(f"--schema-version {schema_version}: schema {name} is version {version}")
+        schema, schema_version = name, version
     run_id = new_run_id()
     try:
         request = TrainingRequest(
             run_id=run_id,
             purpose=purpose,
             schema=schema,
-            schema_version=schema_version,
+            schema_version=schema_version or "1.0.0",
             features=tuple(features),
             strategy="fedavg",
             rounds=10,
@@ -416,9 +387,9 @@ def audit_verify(
     """Check every hash and every signed head; names the first entry modified, deleted, inserted or
     reordered, a head signed by an untrusted key, and entries no signed head covers. Exit 2 if not intact.
     Opens the database read-only."""
-    url = _database(db)
+    url = database(db)
     trusted = tuple(key for source in trust for key in _trusted(source))
-    with _database_errors(url, "reading the audit log"):
+    with database_errors(url, "reading the audit log"):
         engine = open_audit_readonly(url)
         try:
             with Session(engine) as session:
@@ -433,13 +404,7 @@ def audit_verify(
             if report.checked == 0 and report.first_bad_seq is None
             else ""
         )
-        console.print(
-            "[bold red]broken[/]"
-            + escape(f": {report.problem}{hint} ({report.checked} entries checked in {mask_url(url)})"),
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=2)
+        raise fail(f"broken: {report.problem}{hint} ({report.checked} entries checked in {mask_url(url)})")
     if report.checked == 0:
         console.print(
             f"[green]intact[/]: 0 entries in {escape(mask_url(url))} (empty, as expected)",
@@ -471,11 +436,16 @@ def audit_export(
     """Write the whole chain as JSON lines, one entry per line, in sequence order (read-only).
 
     The count goes to standard error, so standard output holds only the JSON lines."""
-    url = _database(db)
+    url = database(db)
     to_stdout = str(jsonl) == "-"
-    if not to_stdout and jsonl.exists() and not force:
-        raise fail(f"{jsonl}: exists; pass --force to replace it")
-    with _database_errors(url, "reading the audit log"):
+    if not to_stdout:
+        if jsonl.is_dir():
+            raise fail(f"{jsonl}: is a folder; give the JSONL file's path")
+        if not jsonl.parent.is_dir():
+            raise fail(f"{jsonl}: {jsonl.parent} is not a folder")
+        if jsonl.exists() and not force:
+            raise fail(f"{jsonl}: exists; pass --force to replace it")
+    with database_errors(url, "reading the audit log"):
         engine = open_audit_readonly(url)
         try:
             with Session(engine) as session:
@@ -492,13 +462,21 @@ def audit_export(
                     except OSError as exc:
                         raise fail(f"cannot write {jsonl}: {exc.strerror or exc}") from None
                     finally:
-                        tmp.unlink(missing_ok=True)
+                        with suppress(OSError):
+                            tmp.unlink(missing_ok=True)
         finally:
             engine.dispose()
     typer.echo(f"exported {count} entries", err=True)
 
 
-def register(app: typer.Typer) -> None:
+# How a schema reference (name or file) becomes its (name, version); given by the root command,
+# since policies/ reads no schema itself. Without it, policy request takes --schema as a name.
+_schema_identity: Callable[[str], tuple[str, str]] | None = None
+
+
+def register(app: typer.Typer, schema_identity: Callable[[str], tuple[str, str]] | None = None) -> None:
+    global _schema_identity
+    _schema_identity = schema_identity
     app.add_typer(keys_app, name="keys")
     app.add_typer(policy_app, name="policy")
     app.add_typer(audit_app, name="audit")

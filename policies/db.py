@@ -239,7 +239,14 @@ def engine_for(url: str) -> Engine:
     name = parsed.database or ""
     if name not in ("", ":memory:") and not name.startswith("file:"):
         Path(name).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_S})
+    return serialize_sqlite_writes(
+        create_engine(parsed, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_S})
+    )
+
+
+def serialize_sqlite_writes(engine: Engine) -> Engine:
+    """A SQLite engine whose transactions take the write lock at BEGIN (appends never interleave),
+    on a write-ahead log with one durable fsync per commit."""
 
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_conn: Any, _: Any) -> None:

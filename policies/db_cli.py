@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated
-
 import typer
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from policies.audit import AuditDatabaseError, database_url, describe_db_error, mask_url, open_audit_readonly
-from policies.cli_errors import fail
+from policies.audit import AuditDatabaseError, mask_url, open_audit_readonly
+from policies.cli_options import DbOption, database, database_errors
 from policies.db import (
     INITIAL_TABLES,
-    SchemaError,
     current_revision,
     engine_for,
     head_revision,
@@ -30,55 +23,14 @@ db_app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        help="Database URL. Default: $DATABASE_URL, else fedcredit.db in $FEDCREDIT_VAR_DIR "
-        "or the project's var/ folder.",
-        show_default=False,
-    ),
-]
-
-
-def _database(db: str | None) -> str:
-    """``--db``, else ``$DATABASE_URL``, else the default; never an empty one, never one that does not parse."""
-    if db is not None:
-        if not db.strip():
-            raise fail("--db is empty: name the database URL (or leave --db out for the default)")
-        url = db
-    elif "DATABASE_URL" in os.environ and not os.environ["DATABASE_URL"].strip():
-        raise fail("DATABASE_URL is set but empty: set it to the database URL, or unset it for the default")
-    else:
-        url = database_url()
-    try:
-        make_url(url)
-    except (ArgumentError, ValueError):
-        raise fail(
-            f"not a database URL: {mask_url(url)} (e.g. sqlite:////path/fedcredit.db or "
-            "postgresql+psycopg://user@host/db)"
-        ) from None
-    return url
-
-
-@contextmanager
-def _database_errors(url: str, what: str) -> Iterator[None]:
-    """A failure as one line on stderr (what failed and where, password masked), exit 2."""
-    try:
-        yield
-    except SchemaError as exc:
-        raise fail(f"{what} failed at {mask_url(url)}: {exc}") from None
-    except (SQLAlchemyError, OSError) as exc:
-        raise fail(f"{what} failed at {mask_url(url)}: {describe_db_error(exc, url)}") from None
-
 
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Run the migrations to the newest revision (creating the database and its tables when missing).
 
     A database whose tables were made before migrations is adopted. Safe to run while nodes run."""
-    url = _database(db)
-    with _database_errors(url, "upgrading the database"):
+    url = database(db)
+    with database_errors(url, "upgrading the database"):
         result = upgrade(url)
     where = f"audit database {mask_url(url)}"
     if not result.changed:
@@ -101,10 +53,10 @@ def _reader(url: str) -> Engine:
 @db_app.command("current")
 def db_current(db: DbOption = None) -> None:
     """Say which revision the database is at (read-only: creates nothing)."""
-    url = _database(db)
+    url = database(db)
     where = f"audit database {mask_url(url)}"
     head = head_revision()
-    with _database_errors(url, "reading the database's revision"):
+    with database_errors(url, "reading the database's revision"):
         try:
             engine = _reader(url)
         except AuditDatabaseError:

@@ -28,7 +28,7 @@ from federation.errors import FedCreditError
 from federation.protocol import NODE_DATA_INVALID
 from policies.cli_errors import fail
 from policies.demo_keys import DEMO_COORDINATOR_KEY, EXAMPLES, demo_key_name
-from policies.documents import FederationPolicy, PolicyError
+from policies.documents import STRATEGIES, FederationPolicy, PolicyError
 from policies.signing import generate_keypair
 
 if TYPE_CHECKING:  # Flower loads only when a federation actually runs
@@ -44,9 +44,8 @@ class DatasetChoice(StrEnum):
     uci = "uci"
 
 
-class StrategyChoice(StrEnum):
-    fedavg = "fedavg"
-    fedprox = "fedprox"
+# the strategies a federation policy may name, as the CLI's choices
+StrategyChoice = StrEnum("StrategyChoice", {name: name for name in STRATEGIES})  # type: ignore[misc]
 
 
 DATASET_SCHEMAS = {DatasetChoice.sme: "sme", DatasetChoice.uci: "uci_homo"}
@@ -208,7 +207,7 @@ def simulate(
         DatasetChoice | None,
         typer.Option(
             help="sme: synthetic small businesses; uci: UCI Taiwan (FATE's split into 3 banks) "
-            "[default: sme, unless --institution names your own folders].",
+            "\\[default: sme, unless --institution names your own folders].",
             show_default=False,
         ),
     ] = None,
@@ -223,7 +222,7 @@ def simulate(
     schema: Annotated[
         str | None,
         typer.Option(
-            help="Schema name or TOML file of the --institution folders [default: sme].", show_default=False
+            help="Schema name or TOML file of the --institution folders \\[default: sme].", show_default=False
         ),
     ] = None,
     test: Annotated[
@@ -234,7 +233,7 @@ def simulate(
         int | None,
         typer.Option(
             min=2,
-            help="Number of institutions [default: 5 for sme; 3 for uci, FATE's banks; "
+            help="Number of institutions \\[default: 5 for sme; 3 for uci, FATE's banks; "
             "another number re-splits their rows].",
             show_default=False,
         ),
@@ -242,20 +241,20 @@ def simulate(
     rounds: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Federated rounds [default: 10, or the federation policy's].", show_default=False
+            min=1, help="Federated rounds \\[default: 10, or the federation policy's].", show_default=False
         ),
     ] = None,
     strategy: Annotated[
         StrategyChoice | None,
         typer.Option(
-            help="Aggregation strategy [default: fedavg, or the federation policy's].", show_default=False
+            help="Aggregation strategy \\[default: fedavg, or the federation policy's].", show_default=False
         ),
     ] = None,
     min_institutions: Annotated[
         int | None,
         typer.Option(
             min=1,
-            help="Institutions each round needs [default: 3 (or all, when fewer), or the federation policy's].",
+            help="Institutions each round needs \\[default: 3 (or all, when fewer), or the federation policy's].",
             show_default=False,
         ),
     ] = None,
@@ -283,7 +282,7 @@ def simulate(
         typer.Option(
             "--secure-aggregation/--no-secure-aggregation",
             help="SecAgg+: the coordinator sees only the sum of the institutions' updates "
-            "[default: on, or as the federation policy says].",
+            "\\[default: on, or as the federation policy says].",
             show_default=False,
         ),
     ] = None,
@@ -300,7 +299,7 @@ def simulate(
     coordinator_key: Annotated[
         Path | None,
         typer.Option(
-            help="Private key that signs the training requests [default: var/keys/sandbox_coordinator.key, made on first use; "
+            help="Private key that signs the training requests \\[default: var/keys/sandbox_coordinator.key, made on first use; "
             "with a federation policy, the demo coordinator's].",
             show_default=False,
         ),
@@ -309,7 +308,7 @@ def simulate(
         Path | None,
         typer.Option(
             help="Folder with each institution's private key as <institution>.key: the keys its federation "
-            "policy lists for the members [default: demo keys or keys made for the run].",
+            "policy lists for the members \\[default: demo keys or keys made for the run].",
             show_default=False,
         ),
     ] = None,
@@ -365,7 +364,7 @@ def simulate(
         settings = RunSettings(
             schema=own.schema if own is not None else DATASET_SCHEMAS[dataset or DatasetChoice.sme],
             rounds=asked.rounds or 10,
-            strategy=asked.strategy or StrategyChoice.fedavg.value,
+            strategy=asked.strategy or STRATEGIES[0],
             train=TrainConfig(epochs=local_epochs),
             model=ModelConfig(),
             seed=seed,
@@ -494,7 +493,7 @@ def _demo_keys_in_use(
 def demo(
     rounds: Annotated[
         int | None,
-        typer.Option(min=1, help="Rounds [default: the consortium policy's 10].", show_default=False),
+        typer.Option(min=1, help="Rounds \\[default: the consortium policy's 10].", show_default=False),
     ] = None,
     rows: Annotated[int, typer.Option(min=1000)] = 30_000,
 ) -> None:

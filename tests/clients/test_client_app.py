@@ -20,10 +20,11 @@ from federation.model import FourDimensionModel, trainable_weights
 from federation.normalization import local_moments
 from federation.schema import resolve_schema
 from policies.decisions import SignedRequest, TrainingRequest, sign_request
+from policies.demo_keys import EXAMPLES
 from policies.identity import Attestation, attributed_member
 from policies.signing import load_private_key, public_key_text
 
-KEYS = Path(__file__).resolve().parents[2] / "policies" / "examples" / "keys"
+KEYS = EXAMPLES / "keys"
 
 
 def request_bytes(features: tuple[tuple[str, str], ...] | None = None, **changes: object) -> bytes:

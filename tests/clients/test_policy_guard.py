@@ -24,6 +24,7 @@ from federation import protocol as P
 from federation.datasets.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries, verify_chain
 from policies.decisions import Refusal, SignedRequest
+from policies.demo_keys import EXAMPLES
 from policies.signing import (
     canonical_json,
     load_private_key,
@@ -34,8 +35,6 @@ from policies.signing import (
 )
 
 from .test_client_app import request_bytes
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 
 
 @pytest.fixture(autouse=True)

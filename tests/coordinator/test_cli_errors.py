@@ -12,16 +12,17 @@ import pytest
 import torch
 from sqlalchemy.exc import OperationalError
 
+from coordinator.score_cli import EXAMPLE_APPLICANT
 from federation.loading import load_dataset
 from federation.model import FourDimensionModel, save_model
 from federation.schema import resolve_schema
 from policies.cli_errors import error_line
+from policies.demo_keys import EXAMPLES
 
 from ..federation.model_helpers import card_for_tests
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "grocery_store_couple.csv"
-EXAMPLES = ROOT / "policies" / "examples"
+EXAMPLE = EXAMPLE_APPLICANT
 DEAD_DB = "postgresql+psycopg://postgres:s3cretpw@127.0.0.1:1/test"
 CONSORTIUM = [
     *("--federation-policy", str(EXAMPLES / "sme_consortium.toml")),

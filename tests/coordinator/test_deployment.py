@@ -8,10 +8,10 @@ import pytest
 
 from coordinator.deployment import settings_from_run_config
 from federation.errors import FedCreditError
+from policies.demo_keys import EXAMPLES
 from policies.documents import PolicyError
 from policies.signing import SignatureError, generate_keypair
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 CONSORTIUM = EXAMPLES / "sme_consortium.toml"
 DEMO_TRUST = EXAMPLES / "keys" / "demo_consortium.pub"
 DEMO_COORDINATOR = EXAMPLES / "keys" / "demo_coordinator.key"

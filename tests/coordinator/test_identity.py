@@ -22,9 +22,10 @@ from federation import protocol as P
 from federation.datasets.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries
 from policies.decisions import Refusal
+from policies.demo_keys import EXAMPLES
 from policies.signing import load_private_key, read_public_keys
 
-KEYS = Path(__file__).resolve().parents[2] / "policies" / "examples" / "keys"
+KEYS = EXAMPLES / "keys"
 NATIONAL_BANK = read_public_keys(KEYS / "demo_national_bank.pub")[0]
 
 

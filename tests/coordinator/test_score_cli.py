@@ -130,3 +130,5 @@ def test_argument_help_is_shown() -> None:
     assert "CSV or Parquet file of applicants" in result.output
     result = runner.invoke(app, ["data", "validate", "--help"], env={"COLUMNS": "120"})
     assert "CSV or Parquet file." in result.output
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
+    assert "Aggregation strategy [default: fedavg, or the federation policy's]" in result.output

@@ -14,15 +14,16 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.client_dp import client_level_epsilon
+from coordinator.score_cli import EXAMPLE_APPLICANT
 from federation.loading import load_dataset
 from federation.normalization import combine_moments, local_moments, stats_from_moments
 from federation.schema import resolve_schema
-from policies.demo_keys import DEMO_KEYS
+from policies.demo_keys import DEMO_KEYS, EXAMPLES
 from policies.documents import ClientLevelDP
 from policies.signing import generate_keypair, read_public_keys, sign_policy
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grocery_store_couple.csv"
-CONSORTIUM = Path(__file__).resolve().parents[2] / "policies" / "examples" / "sme_consortium.toml"
+EXAMPLE = EXAMPLE_APPLICANT
+CONSORTIUM = EXAMPLES / "sme_consortium.toml"
 runner = CliRunner()
 
 

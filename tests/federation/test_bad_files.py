@@ -24,9 +24,10 @@ from federation.errors import DataFileError, DataValidationError, SchemaError
 from federation.loading import load_dataset
 from federation.schema import resolve_schema
 from policies.cli_errors import error_line
+from policies.demo_keys import EXAMPLES
 from policies.documents import PolicyError, load_policy
 
-POLICY_EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
+POLICY_EXAMPLES = EXAMPLES
 SECRET = "Zq93secret"  # a cell value no message may ever show
 
 

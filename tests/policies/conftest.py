@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
+from policies.demo_keys import EXAMPLES
+
 KEYS = EXAMPLES / "keys"
 
 

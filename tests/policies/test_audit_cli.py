@@ -124,7 +124,7 @@ def test_verify_catches(attack: str, engine: Engine, db_url: str, trust: Path) -
     tamper(engine)
     for flags in ((), ("--allow-open-run",)) if attack != "tail cut" else ((),):  # a cut looks open
         line = _one_line(_cli("audit", "verify", "--db", db_url, "--trust", str(trust), *flags), 2)
-        assert line.startswith("broken: ") and problem in line
+        assert line.startswith("error: broken: ") and problem in line
 
 
 def _last_hash(engine: Engine) -> str:

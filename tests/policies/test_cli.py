@@ -215,3 +215,27 @@ def test_a_request_uses_secure_aggregation_unless_told_otherwise(examples: Path,
     """As `simulate` does: `policy request` once defaulted to no secure aggregation."""
     request = json.loads(_request(examples, tmp_path, "credit_underwriting").read_text())["request"]
     assert request["secure_aggregation"] is True
+
+
+def test_request_names_a_schema_file_by_its_name_and_version(examples: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "my_schema.toml"
+    text = (Path(__file__).resolve().parents[2] / "federation" / "schemas" / "sme.toml").read_text()
+    schema.write_text(text.replace('name = "sme"', 'name = "my_shops"').replace('"1.0.0"', '"2.1.0"'))
+    key = str(examples / "keys" / "demo_coordinator.key")
+    out = tmp_path / "r.json"
+    assert _run("policy", "request", str(out), "--key", key, "--schema", str(schema))[0] == 0
+    payload = json.loads(out.read_text())["request"]
+    assert (payload["schema"], payload["schema_version"]) == ("my_shops", "2.1.0")
+    code, message = _run(
+        "policy",
+        "request",
+        str(tmp_path / "s.json"),
+        "--key",
+        key,
+        "--schema",
+        str(schema),
+        "--schema-version",
+        "1.0.0",
+    )
+    assert code == 2 and "schema my_shops is version 2.1.0" in message
+    assert not (tmp_path / "s.json").exists()

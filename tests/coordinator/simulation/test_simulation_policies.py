@@ -4,10 +4,11 @@ from pathlib import Path
 
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation import protocol as P
+from policies.demo_keys import EXAMPLES
 from policies.documents import FederationPolicy, InstitutionPolicy
 from policies.signing import load_private_key, public_key_text, read_public_keys, verify_policy
 
-CONSORTIUM = Path(__file__).resolve().parents[3] / "policies" / "examples" / "sme_consortium.toml"
+CONSORTIUM = EXAMPLES / "sme_consortium.toml"
 KEYS = CONSORTIUM.parent / "keys"
 
 

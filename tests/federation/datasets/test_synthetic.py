@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.score_cli import EXAMPLE_APPLICANT
 from federation.datasets.synthetic import generate_sme
 from federation.loading import encode_frame
 from federation.metrics import auc
@@ -57,11 +58,10 @@ def test_bad_arguments(rows: int, rate: float, message: str) -> None:
 
 
 def test_grocery_couple_example_is_a_valid_applicant(sme_schema: Schema) -> None:
-    from pathlib import Path
 
     from federation.loading import load_dataset
 
-    path = Path(__file__).resolve().parents[3] / "examples" / "grocery_store_couple.csv"
+    path = EXAMPLE_APPLICANT
     data = load_dataset(path, sme_schema, require_label=False, min_rows=1)
     assert data.ids.tolist() == ["grocery-couple"]
     frame = pd.read_csv(path)
