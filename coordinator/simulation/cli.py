@@ -324,11 +324,7 @@ def simulate(
     """Run a federated training on Flower's simulation engine and write a run report under var/runs/<id>/.
 
     On generated data (--dataset) or on your own folders (--institution NAME=FOLDER --schema FILE)."""
-    from coordinator.server_app import RunSettings
-    from coordinator.simulation.nodes import SimulatedNode, members_of, with_policies
     from federation.datasets.partition import institution_profiles
-    from federation.model import ModelConfig
-    from federation.training import TrainConfig
     from policies.decisions import new_run_id
 
     run_id = new_run_id()
@@ -361,6 +357,12 @@ def simulate(
         coordinator = public_key_of(key) if key is not None else None
         # the example institution policies accept only the demo coordinator's requests
         use_examples = coordinator is not None and demo_key_name(coordinator) == "demo_coordinator"
+        # torch and Flower load only once the arguments are known to be good
+        from coordinator.server_app import RunSettings
+        from coordinator.simulation.nodes import SimulatedNode, members_of, with_policies
+        from federation.model import ModelConfig
+        from federation.training import TrainConfig
+
         settings = RunSettings(
             schema=own.schema if own is not None else DATASET_SCHEMAS[dataset or DatasetChoice.sme],
             rounds=asked.rounds or 10,
