@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 
-from coordinator.server_app import RunSettings, training_request
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import training_request
 from federation.schema import resolve_schema
 from policies.audit import create_audit_engine, record
 from policies.decisions import evaluate_training, sign_request

@@ -9,7 +9,7 @@ Every model is tested on default_credit_homo_test.csv.
 
 membership_inference: the UCI training rows re-split into banks of different
 sizes (--mia-sizes), trained without DP and at epsilon 3 (the same settings as
-above). Two attacks on the final global model (federation/membership.py):
+above). Two attacks on the final global model (benchmarks/research/membership.py):
 loss threshold, and reference models (offline LiRA: the attacker trains
 --mia-references models on half of the rows it holds and flags rows the
 global model is unusually confident about). The attacker holds one half of
@@ -45,17 +45,18 @@ from flwr.common.secure_aggregation.secaggplus_constants import Key
 import coordinator.server_app
 from benchmarks.research.membership import loss_attack_auc, reference_attack_auc, train_reference_models
 from coordinator.prompt_grid import PromptGrid
-from coordinator.server_app import RunOutcome, RunSettings
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import RunOutcome
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.partition import TRAIN_FILE
 from federation.datasets.scenarios import Federation, fate_data_dir, uci_federation
+from federation.hyperparameters import ModelConfig, TrainConfig
 from federation.loading import load_dataset
 from federation.metrics import score_metrics
-from federation.model import FourDimensionModel, ModelConfig
+from federation.model import FourDimensionModel
 from federation.schema import resolve_schema
 from federation.seeding import rng_for
-from federation.training import TrainConfig
 
 WORK = Path("var/bench/privacy")
 

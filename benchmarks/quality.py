@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.research.baselines import gbdt_features, gbdt_pooled, pool, train_for_epochs, train_local_only
-from coordinator.server_app import RunSettings
+from coordinator.run_settings import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.partition import (

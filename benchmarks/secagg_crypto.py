@@ -43,8 +43,9 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as f
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
 
 from coordinator.secure_aggregation import MODULUS_RANGE
+from federation.hyperparameters import ModelConfig
 from federation.loading import FeatureLayout
-from federation.model import FourDimensionModel, ModelConfig, trainable_weights
+from federation.model import FourDimensionModel, trainable_weights
 from federation.schema import resolve_schema
 from federation.secagg import masks as secure_masks
 from federation.secagg import shamir

@@ -31,13 +31,14 @@ from clients.policy_guard import (
 )
 from clients.secure_aggregation_guard import SecureAggregationGuard
 from federation import protocol as P
+from federation.hyperparameters import ModelConfig, TrainConfig
 from federation.loading import EncodedData, FeatureLayout
 from federation.metrics import score_metrics
-from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
+from federation.model import FourDimensionModel, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, local_moments
 from federation.privacy import DEFAULT_MAX_GRAD_NORM, epsilon_spent, plan_dp, train_local_dp
 from federation.secagg.flower import install_into_flower
-from federation.training import TrainConfig, mean_raw_contributions, predict_proba, train_local
+from federation.training import mean_raw_contributions, predict_proba, train_local
 from policies.budget import record_spend
 from policies.contributions import EVALUATE
 from policies.decisions import SignedRequest, TrainingRequest

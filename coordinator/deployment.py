@@ -17,10 +17,11 @@ from flwr.serverapp import Grid
 from coordinator.federation_policy import Asked, apply_federation_policy, verify_federation_policy
 from coordinator.prompt_grid import PromptGrid
 from coordinator.report import write_report
-from coordinator.server_app import Coordinator, RunOutcome, RunSettings
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import Coordinator, RunOutcome
 from coordinator.settings import coordinator_settings
 from federation.errors import FedCreditError
-from federation.training import TrainConfig
+from federation.hyperparameters import TrainConfig
 from policies.decisions import new_run_id
 from policies.demo_keys import demo_key_name
 from policies.signing import load_private_key, public_key_text
@@ -71,6 +72,11 @@ def settings_from_run_config(config: Mapping[str, Scalar]) -> RunSettings:
             f"the {' and '.join(demo)} is one of FedCredit's published demo keys, which anyone can sign with; "
             "set allow-demo-keys = true only for a demo"
         )
+    evaluate_on_nodes = config.get("evaluate-on-nodes", True)
+    if not isinstance(evaluate_on_nodes, bool):
+        raise FedCreditError(
+            f"run config evaluate-on-nodes: must be true or false, got {evaluate_on_nodes!r}"
+        )
     epsilon = _number(config, "epsilon", 0.0)
     asked = Asked(epsilon=epsilon if epsilon > 0 else None)
     settings = RunSettings(
@@ -82,6 +88,7 @@ def settings_from_run_config(config: Mapping[str, Scalar]) -> RunSettings:
         seed=int(_number(config, "seed", 0)),
         audit_url=_text(config, "audit-db") or coordinator_settings().audit_url,
         demo_keys=bool(demo),
+        evaluate_on_nodes=evaluate_on_nodes,
     )
     return apply_federation_policy(settings, policy, asked, coordinator_key=coordinator)
 

@@ -19,7 +19,7 @@ from policies.signing import (
 )
 
 if TYPE_CHECKING:  # the CLI imports this module; Flower loads only when a run starts
-    from coordinator.server_app import RunSettings
+    from coordinator.run_settings import RunSettings
 
 DEMO_FEDERATION_POLICY = EXAMPLES / "sme_consortium.toml"
 DEMO_FEDERATION_TRUST = DEMO_KEYS / "demo_consortium.pub"

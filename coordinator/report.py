@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sqlmodel import Session
 
 from coordinator.client_dp import client_level_epsilon
-from coordinator.server_app import RunOutcome, RunSettings, coordinator_actor
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import RunOutcome, coordinator_actor
 from federation.metrics import score_metrics
 from federation.model import save_model
 from federation.model_card import ModelCard, schema_sha256

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,70 +28,24 @@ from sqlmodel import Session
 from coordinator.client_dp import ClientLevelDPStrategy
 from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import Identify, RecordingStrategy, RoundLog, UnattributedReplyError
+from coordinator.run_settings import RunSettings
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from federation import protocol as P
 from federation.loading import EncodedData, FeatureLayout, load_dataset
 from federation.metrics import score_metrics
-from federation.model import FourDimensionModel, ModelConfig, load_trainable_weights, trainable_weights
+from federation.model import FourDimensionModel, load_trainable_weights, trainable_weights
 from federation.normalization import NormStats, stats_from_moments
 from federation.schema import Schema, resolve_schema
 from federation.secagg.flower import mask_scheme
-from federation.training import TrainConfig, predict_proba
-from policies.audit import append, create_audit_engine, database_url, record, sign_head
+from federation.training import predict_proba
+from policies.audit import append, create_audit_engine, record, sign_head
 from policies.contributions import EVALUATE
-from policies.decisions import Refusal, TrainingRequest, new_run_id, sign_request
-from policies.demo_keys import DEMO_COORDINATOR_KEY, demo_key_name
-from policies.documents import STRATEGIES, ClientLevelDP
+from policies.decisions import Refusal, TrainingRequest, sign_request
+from policies.demo_keys import demo_key_name
 from policies.identity import Attestation, attributed_member
 from policies.signing import load_private_key, public_key_text
 
 RoundCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What the coordinator asks of the federation for one run."""
-
-    schema: str
-    rounds: int = 12
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    seed: int = 0
-    min_institutions: int = 2
-    test_path: Path | None = None
-    evaluate_on_nodes: bool = True  # each node scores the global model on its holdout rows
-    run_id: str = field(default_factory=new_run_id)
-    purpose: str = "credit_underwriting"
-    coordinator_key: Path = DEMO_COORDINATOR_KEY  # signs the training request every node checks
-    audit_url: str = field(default_factory=database_url)
-    epsilon: float | None = None  # record-level DP target per institution for the whole run; None = off
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    secure_aggregation: bool = True  # SecAgg+: the coordinator sees only the sum of the updates
-    secure_aggregation_shares: int | None = None  # None: every institution in the round
-    reconstruction_threshold: int | None = None  # None: a majority of the shares
-    client_dp: ClientLevelDP | None = None  # client-level DP noise added by the coordinator
-    # (institution, Ed25519 public key): the only nodes whose contributions count; a reply
-    # is attributed to the institution whose key signed it, never to the name it reports
-    members: tuple[tuple[str, str], ...] = ()
-    demo_keys: bool = False  # signed with FedCredit's published demo keys: report and audit say DEMO
-    federation_policy_sha256: str | None = None  # the signed federation policy the run follows, if any
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.min_institutions < 1:
-            raise ValueError(f"min_institutions must be >= 1, got {self.min_institutions}")
-        if self.strategy == "fedprox" and self.proximal_mu <= 0:
-            raise ValueError(f"fedprox needs proximal_mu > 0, got {self.proximal_mu}")
-        if self.epsilon is not None and not 0 < self.epsilon < float("inf"):
-            raise ValueError(f"epsilon must be finite and > 0 (or None for no DP), got {self.epsilon}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
 
 def training_request(settings: RunSettings, schema: Schema) -> TrainingRequest:

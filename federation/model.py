@@ -18,7 +18,6 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from federation.errors import FedCreditError
+from federation.hyperparameters import ModelConfig
 from federation.loading import EncodedData, FeatureLayout
 from federation.model_card import ModelCard
 from federation.normalization import NormStats
@@ -36,12 +36,6 @@ from federation.schema import Dimension
 MODEL_FORMAT_VERSION = 2
 _ZIP_MAGIC = b"PK\x03\x04"
 _PAYLOAD_KEYS = frozenset({"format_version", "layout", "config", "state_dict", "card", "content_sha256"})
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    hidden: int = 32
-    embedding_dim: int = 4
 
 
 class DimensionTower(nn.Module):

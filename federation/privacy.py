@@ -20,9 +20,9 @@ from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from federation.hyperparameters import TrainConfig
 from federation.loading import EncodedData
 from federation.model import FourDimensionModel, tensors
-from federation.training import TrainConfig
 
 DEFAULT_MAX_GRAD_NORM = 1.0
 

@@ -7,12 +7,13 @@ import numpy as np
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from federation.hyperparameters import ModelConfig, TrainConfig
 from federation.loading import EncodedData
 from federation.metrics import auc
-from federation.model import FourDimensionModel, ModelConfig
+from federation.model import FourDimensionModel
 from federation.normalization import NormStats, local_moments, stats_from_moments
 from federation.seeding import rng_for
-from federation.training import TrainConfig, predict_proba, train_local
+from federation.training import predict_proba, train_local
 
 
 def pool(parts: list[EncodedData]) -> EncodedData:

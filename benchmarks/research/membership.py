@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.research.baselines import train_for_epochs
+from federation.hyperparameters import ModelConfig, TrainConfig
 from federation.loading import EncodedData
 from federation.metrics import auc
-from federation.model import FourDimensionModel, ModelConfig
-from federation.training import TrainConfig, predict_proba
+from federation.model import FourDimensionModel
+from federation.training import predict_proba
 
 _EPS = 1e-7
 

@@ -32,7 +32,7 @@ from policies.documents import STRATEGIES, FederationPolicy, PolicyError
 from policies.signing import generate_keypair
 
 if TYPE_CHECKING:  # Flower loads only when a federation actually runs
-    from coordinator.server_app import RunSettings
+    from coordinator.run_settings import RunSettings
     from coordinator.simulation.nodes import SimulatedNode
     from federation.datasets.scenarios import Federation
 
@@ -357,11 +357,10 @@ def simulate(
         coordinator = public_key_of(key) if key is not None else None
         # the example institution policies accept only the demo coordinator's requests
         use_examples = coordinator is not None and demo_key_name(coordinator) == "demo_coordinator"
-        # torch and Flower load only once the arguments are known to be good
-        from coordinator.server_app import RunSettings
+        # plain values: Flower and torch load only when the federation runs
+        from coordinator.run_settings import RunSettings
         from coordinator.simulation.nodes import SimulatedNode, members_of, with_policies
-        from federation.model import ModelConfig
-        from federation.training import TrainConfig
+        from federation.hyperparameters import ModelConfig, TrainConfig
 
         settings = RunSettings(
             schema=own.schema if own is not None else DATASET_SCHEMAS[dataset or DatasetChoice.sme],

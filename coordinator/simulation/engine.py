@@ -13,7 +13,8 @@ from flwr.common import Context
 
 from clients.client_app import build_client_app
 from coordinator.federation_policy import public_key_of
-from coordinator.server_app import RoundCallback, RunOutcome, RunSettings, build_server_app
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import RoundCallback, RunOutcome, build_server_app
 from coordinator.simulation.nodes import SimulatedNode, members_of
 from coordinator.simulation.prompt_pickup import install_prompt_pickup
 from policies.audit import var_dir

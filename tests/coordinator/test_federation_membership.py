@@ -16,7 +16,7 @@ from coordinator.federation_policy import (
     load_federation_policy,
     public_key_of,
 )
-from coordinator.server_app import RunSettings
+from coordinator.run_settings import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from policies.demo_keys import DEMO_COORDINATOR_KEY, DEMO_KEYS, demo_key_name

@@ -178,6 +178,7 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
             "runs-dir": str(tmp_path / "runs"),
         }
     )
+    run_config += " evaluate-on-nodes=false"  # one message round less: a node process per message
     _wait_for_port(port, processes[0], tmp_path / "superlink.log")
     submitted = subprocess.run(
         [str(BIN / "flwr"), "run", str(ROOT), "test", "--run-config", run_config],
@@ -203,6 +204,7 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
     for name, institution in report["institutions"].items():  # each node trained on its own rows
         assert institution["train_rows"] > 0, name
         assert institution["rounds"][0]["train_loss"] > 0, name
+        assert "auc" not in institution["rounds"][0], name  # evaluate-on-nodes=false: no holdout scoring
     _model, card = load_model(reports[0].parent / "model.pt", expected_sha256=report["model"]["sha256"])
     assert sorted(card.institutions) == sorted(federation.institutions)
     assert card.federation_policy_sha256 is not None

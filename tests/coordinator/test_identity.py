@@ -17,7 +17,8 @@ from sqlmodel import Session
 from clients.client_app import CreditNodeClient
 from clients.node_data import load_node_data
 from coordinator.recording import RecordingStrategy, RoundLog, UnattributedReplyError
-from coordinator.server_app import Coordinator, RunOutcome, RunSettings
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import Coordinator, RunOutcome
 from federation import protocol as P
 from federation.datasets.partition import TRAIN_FILE
 from policies.audit import create_audit_engine, entries

@@ -14,7 +14,8 @@ from sqlmodel import Session
 
 from coordinator.recording import RoundLog
 from coordinator.report import MODEL_FILE, REPORT_FILE, contributing_institutions, write_report
-from coordinator.server_app import RunOutcome, RunSettings
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import RunOutcome
 from federation.loading import encode_frame
 from federation.model import FourDimensionModel, file_sha256, load_model
 from federation.model_card import schema_sha256

@@ -12,8 +12,8 @@ from coordinator.federation_policy import (
     apply_federation_policy,
     load_federation_policy,
 )
+from coordinator.run_settings import RunSettings
 from coordinator.secure_aggregation import SecureAggregationError, shares_and_threshold
-from coordinator.server_app import RunSettings
 from policies.documents import ClientLevelDP
 
 

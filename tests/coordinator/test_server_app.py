@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flwr.server.strategy import FedAvg, FedProx
 
-from coordinator.server_app import Coordinator, RunOutcome, RunSettings, weighted_mean_metrics
+from coordinator.run_settings import RunSettings
+from coordinator.server_app import Coordinator, RunOutcome, weighted_mean_metrics
+from federation.hyperparameters import TrainConfig
 from federation.normalization import NormStats
-from federation.training import TrainConfig
 from policies.signing import generate_keypair
 
 

@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.research.baselines import new_model
 from federation.errors import FedCreditError
+from federation.hyperparameters import TrainConfig
 from federation.loading import EncodedData, encode_frame
 from federation.model import (
     MODEL_FORMAT_VERSION,
@@ -31,7 +32,7 @@ from federation.model_card import ModelCard
 from federation.normalization import combine_moments, local_moments, stats_from_moments
 from federation.schema import Dimension, Schema
 from federation.scoring import points_from_logit, score
-from federation.training import TrainConfig, mean_raw_contributions, predict_logits, train_local
+from federation.training import mean_raw_contributions, predict_logits, train_local
 
 from .model_helpers import card_for_tests
 

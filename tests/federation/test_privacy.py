@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 
 from benchmarks.research.baselines import new_model
+from federation.hyperparameters import TrainConfig
 from federation.loading import encode_frame
 from federation.metrics import auc
 from federation.model import trainable_weights
 from federation.privacy import epsilon_spent, plan_dp, train_local_dp
 from federation.schema import Schema
-from federation.training import TrainConfig, predict_proba
+from federation.training import predict_proba
 
 
 def test_plan_spends_exactly_the_target_over_the_run() -> None:

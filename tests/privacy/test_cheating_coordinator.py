@@ -29,7 +29,7 @@ import coordinator.simulation.engine
 from clients.client_app import CreditClientApp
 from clients.policy_guard import NodeConfigResolver
 from clients.secure_aggregation_guard import SecureAggregationGuard
-from coordinator.server_app import RunSettings
+from coordinator.run_settings import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.partition import write_partition

@@ -15,8 +15,8 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
+from coordinator.run_settings import RunSettings
 from coordinator.secure_aggregation import MODULUS_RANGE
-from coordinator.server_app import RunSettings
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation import protocol as P

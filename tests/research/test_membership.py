@@ -8,10 +8,9 @@ import pytest
 from benchmarks.research.baselines import train_for_epochs
 from benchmarks.research.membership import loss_attack_auc, reference_attack_auc, train_reference_models
 from federation.datasets.synthetic import generate_sme
+from federation.hyperparameters import ModelConfig, TrainConfig
 from federation.loading import EncodedData, encode_frame
-from federation.model import ModelConfig
 from federation.schema import resolve_schema
-from federation.training import TrainConfig
 
 MEMORISE = TrainConfig(batch_size=16, learning_rate=1e-2, weight_decay=0.0)
 WIDE = ModelConfig(hidden=32)
