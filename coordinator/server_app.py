@@ -30,6 +30,7 @@ from coordinator.prompt_grid import PromptGrid
 from coordinator.recording import Identify, RecordingStrategy, RoundLog, UnattributedReplyError
 from coordinator.run_settings import RunSettings
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
+from coordinator.settings import coordinator_settings
 from federation import protocol as P
 from federation.loading import EncodedData, FeatureLayout, load_dataset
 from federation.metrics import score_metrics
@@ -379,7 +380,7 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        coordinator(PromptGrid(grid), context)
+        coordinator(PromptGrid(grid, coordinator_settings().poll_seconds), context)
 
     return app
 
