@@ -77,7 +77,6 @@ def score_command(
 
     from federation.loading import load_dataset, write_table
     from federation.model import load_model
-    from federation.model_card import schema_sha256
     from federation.schema import resolve_schema
     from federation.scoring import score
 
@@ -85,17 +84,8 @@ def score_command(
         model_path = _resolve_model_path(model)
         net, card = load_model(model_path, expected_sha256=registered_sha256(model_path))
         trained = f"{card.schema_name} {card.schema_version}"
-        used = resolve_schema(schema) if schema is not None else card.schema()
-        if (used.name, used.version) != (card.schema_name, card.schema_version):
-            raise FedCreditError(
-                f"--schema {schema}: is schema {used.name} {used.version}, but the model {model_path} "
-                f"was trained on schema {trained}; score with that schema"
-            )
-        if card.schema_sha256 is not None and schema_sha256(used) != card.schema_sha256:
-            raise FedCreditError(
-                f"--schema {schema}: schema {trained} with other columns or ranges than the model "
-                f"{model_path} was trained on; score with the schema file it was trained with"
-            )
+        given = resolve_schema(schema) if schema is not None else None
+        used = card.schema(given, f"--schema {schema} (model {model_path})" if schema else "")
         data = load_dataset(applicants, used, require_label=False, min_rows=1)
         if data.layout != net.layout:
             raise FedCreditError(

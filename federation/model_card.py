@@ -124,30 +124,31 @@ class ModelCard:
             if problem is not None:
                 raise FedCreditError(f"model card: {problem}")
 
-    def schema(self) -> Schema:
-        """The built-in schema the model was trained on: same name, version and (if recorded) content.
-
-        A model trained on a schema FedCredit does not ship needs that schema's file instead.
-        """
+    def schema(self, given: Schema | None = None, source: str = "") -> Schema:
+        """The schema to score with: ``given`` (read from ``source``), else the built-in schema of the
+        card's name; either way it must be the one the model was trained on, by name, version and
+        (when recorded) content."""
         trained = f"{self.schema_name} {self.schema_version}"
-        try:
-            schema = load_schema(builtin_schema_path(self.schema_name))
-        except SchemaError:
+        where = source or "the shipped schema"
+        if given is None:
+            try:
+                given = load_schema(builtin_schema_path(self.schema_name))
+            except SchemaError:
+                raise FedCreditError(
+                    f"the model was trained on schema {trained}, which FedCredit does not ship; "
+                    "pass that schema's file with --schema"
+                ) from None
+        if (given.name, given.version) != (self.schema_name, self.schema_version):
             raise FedCreditError(
-                f"the model was trained on schema {trained}, which FedCredit does not ship; "
-                "pass that schema's file with --schema"
-            ) from None
-        if schema.version != self.schema_version:
-            raise FedCreditError(
-                f"the model was trained on schema {trained}, FedCredit ships {schema.name} "
-                f"{schema.version}; pass the file of schema {trained} with --schema"
+                f"{where}: is schema {given.name} {given.version}, but the model was trained on schema "
+                f"{trained}; score with that schema"
             )
-        if self.schema_sha256 is not None and schema_sha256(schema) != self.schema_sha256:
+        if self.schema_sha256 is not None and schema_sha256(given) != self.schema_sha256:
             raise FedCreditError(
-                f"the model was trained on schema {trained} with other content (sha256 "
-                f"{self.schema_sha256}) than the one FedCredit ships; pass that schema's file with --schema"
+                f"{where}: schema {trained} with other columns or ranges than the model was trained on; "
+                "score with the schema file it was trained with"
             )
-        return schema
+        return given
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, strings, numbers, booleans, null)."""

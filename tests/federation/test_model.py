@@ -329,9 +329,15 @@ def test_the_card_reads_back_and_a_malformed_one_names_its_file() -> None:
 def test_the_card_resolves_the_built_in_schema_it_was_trained_on(sme_schema: Schema) -> None:
     card = card_for_tests()
     assert card.schema() == sme_schema
-    with pytest.raises(FedCreditError, match=r"trained on schema sme 0\.0-other, FedCredit ships sme"):
+    with pytest.raises(
+        FedCreditError, match=r"is schema sme 1\.0\.0, but the model was trained on schema sme 0\.0-other"
+    ):
         replace(card, schema_version="0.0-other").schema()
-    with pytest.raises(FedCreditError, match="with other content"):
+    with pytest.raises(FedCreditError, match="with other columns or ranges"):
         replace(card, schema_sha256="0" * 64).schema()
+    with pytest.raises(
+        FedCreditError, match=r"my\.toml: is schema sme 1\.0\.0, but the model was trained on schema x"
+    ):
+        replace(card, schema_name="x").schema(sme_schema, "my.toml")
     with pytest.raises(FedCreditError, match="which FedCredit does not ship"):
         replace(card, schema_name="my_bank_schema").schema()
