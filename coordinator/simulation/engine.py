@@ -15,9 +15,9 @@ from clients.client_app import build_client_app
 from coordinator.federation_policy import public_key_of
 from coordinator.run_settings import RunSettings
 from coordinator.server_app import RoundCallback, RunOutcome, build_server_app
+from coordinator.settings import coordinator_settings
 from coordinator.simulation.nodes import SimulatedNode, members_of
 from coordinator.simulation.prompt_pickup import install_prompt_pickup
-from policies.audit import var_dir
 
 
 class SimulatedNodeConfigs:
@@ -35,13 +35,13 @@ class SimulatedNodeConfigs:
         return self.configs[int(context.node_config["partition-id"])]
 
 
-def flower_environment(var: Path | None = None) -> None:
-    """No telemetry, no update checks, Flower's state inside the project's ``var/``."""
+def flower_environment() -> None:
+    """No telemetry, no update checks, Flower's state inside the project's ``var/`` (unless FLWR_HOME is set)."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("FLWR_HOME", str(((var or var_dir()) / "flwr").resolve()))
+    os.environ.setdefault("FLWR_HOME", str(coordinator_settings().flwr_home))
     Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
