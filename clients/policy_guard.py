@@ -109,10 +109,11 @@ def data_problem_summary(exc: FedCreditError) -> str:
     """What the coordinator may learn of a node's bad data: which columns, never a value or a row."""
     if not isinstance(exc, DataValidationError):
         return f"the node cannot load its data ({type(exc).__name__}); the details stay at the node"
-    whole_file = [p.message for p in exc.problems if not p.rows and not p.column]
+    # a problem's message names counts, never a value; its row numbers stay at the node
+    whole_file = [p.message for p in exc.problems if not p.column]
     columns = sorted({p.column for p in exc.problems if p.column})
     parts = whole_file + ([f"problems in column(s) {', '.join(columns)}"] if columns else [])
-    return f"the node's data fails its schema: {'; '.join(parts)}"
+    return f"the node's data fails its schema: {'; '.join(parts) or 'see the node'}"
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:

@@ -426,3 +426,18 @@ def test_a_node_whose_data_fails_its_schema_says_where_never_what(
     sme_frame.drop(columns=["true_pd"]).head(20).to_csv(train, index=False)  # a new mtime: read again
     refusal = _refusal(_run(node, request_bytes(min_institutions=3))[0])
     assert refusal.reasons == ("the node's data fails its schema: too few rows: 20, at least 50 required",)
+
+
+def test_a_node_whose_file_is_ragged_says_so_without_its_rows(
+    node: dict[str, str], sme_frame: pd.DataFrame
+) -> None:
+    """A whole-file problem that carries row numbers still reaches the coordinator, without them."""
+    train = Path(node[P.NODE_DATA_PATH]) / TRAIN_FILE
+    sme_frame.drop(columns=["true_pd"]).to_csv(train, index=False)
+    lines = train.read_text().splitlines()
+    lines[123] = lines[123].rsplit(",", 1)[0]  # row 123 loses its last field
+    train.write_text("\n".join(lines) + "\n")
+    refusal = _refusal(_run(node, request_bytes(min_institutions=3))[0])
+    assert refusal.rules == ("deny.node_data_invalid",)
+    (reason,) = refusal.reasons
+    assert "different number of fields" in reason and "123" not in reason, reason
