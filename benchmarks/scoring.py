@@ -1,63 +1,424 @@
-"""Scoring throughput: applicants per second, in process, the way `fedcredit score --out` scores them.
+"""Scoring service throughput and latency, every query audited and committed, against a bare floor.
 
-    python benchmarks/scoring.py [--rows 200000] [--json FILE]
+    python benchmarks/scoring.py [--json FILE] [--db URL] [--requests 3000] [--connections 16]
 
-Reads an SME applicants file (generated, without labels), validates it against
-the schema, scores every row in batches and writes the scores to CSV, timing
-each step. The model has the SME layout with its initial weights: scoring
-costs the same whatever the weights.
+Starts the scoring service (``fedcredit serve``, uvicorn, one process) on loopback over a
+fresh database (SQLite by default) with a registered SME model and a member token; then,
+with the same server settings, a bare FastAPI endpoint that returns a constant (the floor).
+A small keep-alive HTTP/1.1 load generator in this process drives both:
+
+* single: ``--requests`` scores over ``--connections`` connections as fast as they answer;
+* at_200_rps: scores sent at 200 requests/s (open loop) for ``--seconds``; latency p99;
+* batch: ``POST /v1/scores/batch`` with 10,000 applicants, ``--batches`` times;
+* in_process: encoding, scores and reason codes for 10,000 applicants without HTTP.
+
+Every 200 is checked to carry an audit entry; the entries are counted in the database at the end.
+Targets: ratio_to_floor >= 0.5, at_200_rps p99 <= 25 ms, batch >= 20,000 applicants/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from fastapi import FastAPI
+from sqlmodel import Session, func, select
 
 from federation.datasets.synthetic import generate_sme
-from federation.loading import load_dataset, write_table
-from federation.model import FourDimensionModel
+from federation.loading import encode_frame
+from federation.model import FourDimensionModel, save_model
+from federation.model_card import ModelCard, schema_sha256
 from federation.normalization import local_moments, stats_from_moments
 from federation.schema import resolve_schema
-from federation.scoring import score
+from federation.training import mean_raw_contributions
+from policies.audit import AuditEntry, create_audit_engine
+from policies.demo_keys import DEMO_COORDINATOR_KEY, EXAMPLES
+from policies.documents import load_policy
+from policies.member_keys import issue
+from policies.registry import Registration, register
+from policies.signing import sign_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 10_000
+MEMBER = "national_bank"
+
+# the floor: the same server, the same settings, a constant answer
+floor_app = FastAPI()
+
+
+@floor_app.post("/v1/scores")
+async def constant() -> dict[str, float]:
+    return {"probability_of_default": 0.01}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def applicants(rows: int, seed: int) -> list[dict[str, Any]]:
+    """Synthetic SME applicants as members send them (no label, no protected attributes)."""
+    schema = resolve_schema("sme")
+    frame = generate_sme(rows, seed=seed)
+    keep = [schema.id_column, *(c.name for c in schema.features())]
+    frame = frame[keep].astype(object).where(frame[keep].notna(), None)
+    return frame.to_dict(orient="records")  # type: ignore[return-value]
+
+
+def prepare(folder: Path, url: str) -> tuple[Path, str]:
+    """A benchmark federation policy (no practical rate limit), a registered model, a member token."""
+    policy = folder / "federation.toml"
+    text = (
+        (EXAMPLES / "sme_consortium.toml")
+        .read_text()
+        .replace("requests_per_minute = 600", "requests_per_minute = 100000000")
+    )
+    policy.write_text(text)
+    sign_policy(policy, EXAMPLES / "keys" / "demo_consortium.key")
+    schema = resolve_schema("sme")
+    data = encode_frame(generate_sme(5000, seed=1), schema, "benchmark")
+    model = FourDimensionModel(data.layout)  # scoring costs the same whatever the weights
+    model.set_normalization(stats_from_moments(local_moments(data.numeric)))
+    model.set_reference(mean_raw_contributions(model, data))
+    card = ModelCard(
+        run_id="benchmark",
+        schema_name=schema.name,
+        schema_version=schema.version,
+        schema_sha256=schema_sha256(schema),
+        training_request_sha256="0" * 64,
+        institutions=("national_bank",),
+        demo=True,
+    )
+    model_path = folder / "run" / "model.pt"
+    sha = save_model(model, model_path, card)
+    federation = load_policy(policy)
+    with Session(create_audit_engine(url)) as session:
+        register(
+            session,
+            Registration(
+                federation=federation.header.id,
+                run_id="benchmark",
+                model_path=str(model_path),
+                model_sha256=sha,
+                schema_name=schema.name,
+                schema_version=schema.version,
+                schema_sha256=schema_sha256(schema),
+                federation_policy_sha256=federation.sha256,
+                institutions=(("national_bank", None),),
+                rounds=1,
+                metrics={"global": {}, "institutions": {}},
+                epsilon=None,
+                demo=True,
+            ),
+            actor="benchmark",
+        )
+        token, _ = issue(session, federation, MEMBER, "member", actor="benchmark")  # type: ignore[arg-type]
+        session.commit()
+    return policy, token
+
+
+def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{command[0]} exited: {process.stderr.read().decode()[-400:] if process.stderr else ''}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    stop(process)
+    raise RuntimeError(f"{command[0]} did not listen on port {port}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request out, its response in (a minimal client)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request_bytes(path: str, body: bytes, token: str) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def closed_loop(
+    port: int, raws: list[bytes], total: int, connections: int, audited: bool
+) -> dict[str, float]:
+    """``total`` requests over ``connections`` connections, each sending the next when answered."""
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        conn = await Connection.open(port)
+        try:
+            for i in counter:
+                sent = time.perf_counter()
+                status, body = await conn.post(raws[i % len(raws)])
+                latencies.append(time.perf_counter() - sent)
+                if status != 200 or (audited and b'"audit_entry"' not in body):
+                    raise RuntimeError(f"request {i}: status {status}: {body[:300]!r}")
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {
+        "rps": total / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+async def open_loop(
+    port: int, raws: list[bytes], rate: float, seconds: float, connections: int
+) -> dict[str, float]:
+    """Requests sent at ``rate`` per second whatever the answers (idle connections from a pool)."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await Connection.open(port))
+    latencies: list[float] = []
+    total = int(rate * seconds)
+
+    async def one(i: int, due: float) -> None:
+        conn = await pool.get()
+        status, body = await conn.post(raws[i % len(raws)])
+        latencies.append(time.perf_counter() - due)  # from when it was due: queueing counts
+        pool.put_nowait(conn)
+        if status != 200 or b'"audit_entry"' not in body:
+            raise RuntimeError(f"request {i}: status {status}")
+
+    started = time.perf_counter()
+    tasks = []
+    for i in range(total):
+        due = started + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait().close()
+    ms = np.asarray(latencies) * 1000
+    return {
+        "rate": rate,
+        "requests": total,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+async def batches(port: int, raw: bytes, count: int) -> float:
+    conn = await Connection.open(port)
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            status, body = await conn.post(raw)
+            if status != 200:
+                raise RuntimeError(f"batch: status {status}: {body[:300]!r}")
+        return count * BATCH / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def in_process(rows: list[dict[str, Any]], policy: Path, model_path: Path) -> float:
+    """Applicants per second scored with reasons, from validated requests, without HTTP or audit."""
+    from coordinator.service.applicants import applicant_model, encode_applicants
+    from coordinator.service.scorer import score_batch
+    from federation.model import load_model
+
+    schema = resolve_schema("sme")
+    model_class = applicant_model(schema)
+    parsed = [model_class.model_validate(r) for r in rows]
+    model, _ = load_model(model_path)
+    rules = load_policy(policy).scoring  # type: ignore[union-attr]
+
+    class Serving:  # what score_batch reads of a ServingModel
+        pass
+
+    serving: Any = Serving()
+    serving.model, serving.schema = model, schema
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        data = encode_applicants(parsed, schema, model.layout)
+        score_batch(serving, data, rules, [p.__dict__ for p in parsed]).items()
+        best = max(best, len(rows) / (time.perf_counter() - started))
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--db", help="database URL (default: a SQLite file in a temporary folder)")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    schema = resolve_schema("sme")
-    with tempfile.TemporaryDirectory() as tmp:
-        applicants = Path(tmp) / "applicants.csv"
-        generate_sme(args.rows, seed=0).drop(columns=["true_pd", "default_12m"]).to_csv(
-            applicants, index=False
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp(prefix="fedcredit-scoring-bench-"))
+    url = args.db or f"sqlite:///{folder / 'fedcredit.db'}"
+    try:
+        policy, token = prepare(folder, url)
+        env = {**os.environ, "FEDCREDIT_VAR_DIR": str(folder), "PYTHONPATH": str(ROOT)}
+        singles = [
+            json.dumps(
+                {"purpose": "credit_underwriting", "consent_reference": f"c{i}", "applicant": a}
+            ).encode()
+            for i, a in enumerate(applicants(200, seed=2))
+        ]
+        batch_rows = applicants(BATCH, seed=3)
+        batch_body = json.dumps(
+            {"purpose": "credit_underwriting", "consent_reference": "batch", "applicants": batch_rows}
+        ).encode()
+
+        port = free_port()
+        fedcredit = str(Path(sys.executable).with_name("fedcredit"))
+        service = start(
+            [
+                fedcredit,
+                "serve",
+                "--federation-policy",
+                str(policy),
+                "--trust",
+                str(EXAMPLES / "keys" / "demo_consortium.pub"),
+                "--coordinator-key",
+                str(DEMO_COORDINATOR_KEY),
+                "--allow-demo-keys",
+                "--db",
+                url,
+                "--port",
+                str(port),
+            ],
+            port,
+            env,
         )
-        started = time.perf_counter()
-        data = load_dataset(applicants, schema, require_label=False)
-        validated = time.perf_counter()
-        model = FourDimensionModel(data.layout)
-        model.set_normalization(stats_from_moments(local_moments(data.numeric)))
-        scored_at = time.perf_counter()
-        result = score(model, data)
-        scored = time.perf_counter()
-        write_table(result.frame(), Path(tmp) / "scores.csv")
-        written = time.perf_counter()
+        try:
+            raws = [request_bytes("/v1/scores", b, token) for b in singles]
+            asyncio.run(closed_loop(port, raws, 300, args.connections, audited=True))  # warm-up
+            single = asyncio.run(closed_loop(port, raws, args.requests, args.connections, audited=True))
+            paced = asyncio.run(open_loop(port, raws, 200.0, args.seconds, args.connections))
+            batch_rate = asyncio.run(
+                batches(port, request_bytes("/v1/scores/batch", batch_body, token), args.batches)
+            )
+        finally:
+            stop(service)
+
+        floor_port = free_port()
+        floor = start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "benchmarks.scoring:floor_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(floor_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            floor_port,
+            env,
+        )
+        try:
+            floor_raws = [request_bytes("/v1/scores", b, token) for b in singles]
+            asyncio.run(closed_loop(floor_port, floor_raws, 300, args.connections, audited=False))
+            bare = asyncio.run(
+                closed_loop(floor_port, floor_raws, args.requests, args.connections, audited=False)
+            )
+        finally:
+            stop(floor)
+
+        with Session(create_audit_engine(url)) as session:
+            queries = session.exec(
+                select(func.count()).select_from(AuditEntry).where(AuditEntry.action.startswith("query."))
+            ).one()  # type: ignore[attr-defined]
+        expected = 300 + args.requests + int(200.0 * args.seconds) + args.batches
+        process_rate = in_process(batch_rows, policy, folder / "run" / "model.pt")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     figures = {
-        "rows": args.rows,
-        "read_and_validate_seconds": round(validated - started, 3),
-        "score_seconds": round(scored - scored_at, 3),
-        "write_csv_seconds": round(written - scored, 3),
-        "score_applicants_per_second": round(args.rows / (scored - scored_at)),
-        "end_to_end_applicants_per_second": round(args.rows / (written - started - (scored_at - validated))),
+        "single": {
+            "rps": round(single["rps"], 1),
+            "p50_ms": round(single["p50_ms"], 2),
+            "p99_ms": round(single["p99_ms"], 2),
+            "floor_rps": round(bare["rps"], 1),
+            "ratio_to_floor": round(single["rps"] / bare["rps"], 3),
+        },
+        "at_200_rps": {
+            "p99_ms": round(paced["p99_ms"], 2),
+            "p50_ms": round(paced["p50_ms"], 2),
+            "requests": paced["requests"],
+        },
+        "batch": {"applicants_per_s": round(batch_rate), "batch_size": BATCH},
+        "in_process": {"applicants_per_s": round(process_rate)},
+        "audited_queries": {"committed": int(queries), "expected": expected},
+        "database": url.split(":", 1)[0],
+        "connections": args.connections,
     }
-    for key, value in figures.items():
-        print(f"{key:34s} {value}")
+    print(json.dumps(figures, indent=2))
+    targets = {
+        "ratio_to_floor >= 0.5": figures["single"]["ratio_to_floor"] >= 0.5,  # type: ignore[index]
+        "at_200_rps p99 <= 25 ms": paced["p99_ms"] <= 25,
+        "batch >= 20,000 applicants/s": batch_rate >= 20_000,
+        "every query audited": int(queries) == expected,
+    }
+    for name, met in targets.items():
+        print(f"{'met ' if met else 'MISSED'}  {name}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))

@@ -31,6 +31,7 @@ from clients.policy_guard import (
 )
 from clients.secure_aggregation_guard import SecureAggregationGuard
 from federation import protocol as P
+from federation.fairness import node_vector, protected_attributes, vector_length
 from federation.hyperparameters import ModelConfig, TrainConfig
 from federation.loading import EncodedData, FeatureLayout
 from federation.metrics import score_metrics
@@ -135,6 +136,9 @@ class CreditNodeClient(NumPyClient):
         model = self._model(parameters, config, train.layout)
         if phase == P.PHASE_REFERENCE:
             return [mean_raw_contributions(model, train)], len(train), self._metrics(signed, phase, 0)
+        if phase == P.PHASE_FAIRNESS:
+            vector, weight = self._fairness(model, request, float(config[P.APPROVE_BELOW_PD]))
+            return [vector], weight, self._metrics(signed, phase, 0)
         settings = TrainConfig(
             epochs=int(config[P.EPOCHS]),
             batch_size=int(config[P.BATCH_SIZE]),
@@ -160,6 +164,23 @@ class CreditNodeClient(NumPyClient):
         # under client-level DP every institution weighs the same: the noise is calibrated to that
         weight = 1 if P.CLIENT_DP_CLIPPING_NORM in config else len(train)
         return trainable_weights(model), weight, metrics
+
+    def _fairness(
+        self, model: FourDimensionModel, request: TrainingRequest, approve_below_pd: float
+    ) -> tuple[np.ndarray, int]:
+        """Per protected group counts over the holdout rows, as fractions of them (federation.fairness).
+
+        A node without holdout rows sends zeros with weight 1: it adds nothing to the sums, and
+        every figure is a ratio of sums, so it does not change them (weight 0 would leave a
+        federation without any holdout dividing by zero).
+        """
+        attributes = protected_attributes(self.node.schema)
+        holdout = self._data(request, holdout=True)
+        groups = self.node.holdout_groups
+        if holdout is None or holdout.label is None or len(holdout) == 0 or groups is None:
+            return np.zeros(vector_length(attributes)), 1
+        p = predict_proba(model, holdout)
+        return node_vector(p, holdout.label, groups, attributes, approve_below_pd), len(holdout)
 
     def _train_dp(
         self,

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from federation.datasets.partition import HOLDOUT_FILE, TRAIN_FILE
 from federation.errors import DataProblem, DataValidationError
-from federation.loading import EncodedData, load_dataset
+from federation.fairness import group_index, protected_attributes
+from federation.loading import EncodedData, encode_frame, load_dataset, read_table
 from federation.schema import Schema, resolve_schema
 
 # A simulation runs many virtual nodes in one process: per-node caches hold all of them.
@@ -21,6 +24,9 @@ class NodeData:
     schema: Schema
     train: EncodedData
     holdout: EncodedData | None
+    # each holdout row's group per protected column (federation.fairness.group_index): protected
+    # columns are never model inputs, so only the groups are kept, for the fairness statistics
+    holdout_groups: np.ndarray | None = None
 
 
 def load_node_data(data_path: str | Path, schema: str, institution: str = "") -> NodeData:
@@ -42,9 +48,14 @@ def _load(folder: str, schema_ref: str, institution: str, _stamp: tuple[int, int
     schema = resolve_schema(schema_ref)
     path = Path(folder)
     holdout = path / HOLDOUT_FILE
+    train = load_dataset(path / TRAIN_FILE, schema)
+    if not holdout.is_file():
+        return NodeData(institution=institution, schema=schema, train=train, holdout=None)
+    frame = read_table(holdout, schema)  # read once: the encoded rows and their protected groups
     return NodeData(
         institution=institution,
         schema=schema,
-        train=load_dataset(path / TRAIN_FILE, schema),
-        holdout=load_dataset(holdout, schema, min_rows=1) if holdout.is_file() else None,
+        train=train,
+        holdout=encode_frame(frame, schema, str(holdout), min_rows=1),
+        holdout_groups=group_index(frame, protected_attributes(schema)),
     )

@@ -7,6 +7,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from clients.cli import node_app
 from coordinator import score_cli
+from coordinator.models_cli import models_app
+from coordinator.service import cli as service_cli
 from coordinator.simulation import cli as simulation_cli
 from federation import cli as data_cli
 from federation.errors import FedCreditError
@@ -36,6 +38,8 @@ simulation_cli.register(app)
 score_cli.register(app)
 data_cli.register(app)
 policy_cli.register(app, schema_identity=schema_identity)
+service_cli.register(app, policy_cli.keys_app)
+app.add_typer(models_app, name="models")
 app.add_typer(node_app, name="node")
 app.add_typer(db_app, name="db")
 

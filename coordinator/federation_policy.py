@@ -129,4 +129,5 @@ def apply_federation_policy(
         client_dp=policy.client_dp,
         members=data_holders(policy),
         federation_policy_sha256=policy.sha256,
+        federation_id=policy.header.id,
     )

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sqlmodel import Session
 
 from coordinator.client_dp import client_level_epsilon
+from coordinator.model_card_document import card_files, write_card
 from coordinator.run_settings import RunSettings
 from coordinator.server_app import RunOutcome, coordinator_actor
 from federation.metrics import score_metrics
@@ -24,6 +25,7 @@ from federation.model import save_model
 from federation.model_card import ModelCard, schema_sha256
 from federation.schema import resolve_schema
 from policies.audit import append, create_audit_engine, sign_head
+from policies.registry import Registration, register
 from policies.signing import load_private_key
 
 REPORT_FILE = "report.json"
@@ -117,6 +119,36 @@ def model_card(
     )
 
 
+def registration(
+    model_path: Path, model_sha256: str, card: ModelCard, settings: RunSettings, outcome: RunOutcome
+) -> Registration:
+    """What the model registry records of this run's model."""
+    per_institution: dict[str, dict[str, float]] = {}
+    spent: list[float] = []
+    for name, inst in outcome.log.institutions.items():
+        last = next((r for r in reversed(inst.get("rounds", [])) if r.get("auc") is not None), None)
+        if last is not None:
+            per_institution[name] = {"holdout_auc": float(last["auc"])}
+        spent += [float(r["epsilon_spent"]) for r in inst.get("rounds", []) if "epsilon_spent" in r]
+    # an institution's policy digest, as its node reported it with its signed replies
+    policies = {name: inst.get("policy_sha256") for name, inst in outcome.log.institutions.items()}
+    return Registration(
+        federation=settings.federation_id,
+        run_id=card.run_id,
+        model_path=str(model_path.resolve()),
+        model_sha256=model_sha256,
+        schema_name=card.schema_name,
+        schema_version=card.schema_version,
+        schema_sha256=card.schema_sha256 or "",
+        federation_policy_sha256=settings.federation_policy_sha256 or "",
+        institutions=tuple((name, policies.get(name)) for name in card.institutions),
+        rounds=settings.rounds,
+        metrics={"global": dict(card.metrics), "institutions": per_institution},
+        epsilon=max(spent) if spent else None,
+        demo=settings.demo_keys,
+    )
+
+
 def write_report(
     run_dir: Path, run_id: str, settings: RunSettings, outcome: RunOutcome, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -149,10 +181,22 @@ def write_report(
             resource=f"{run_id}/{MODEL_FILE}",
             input_sha256=model_sha256,
         )
+        version = register(
+            session,
+            registration(run_dir / MODEL_FILE, model_sha256, card, settings, outcome),
+            coordinator_actor(settings),
+        )
+        report["model"]["version"] = version.label
+        report["model"]["federation"] = version.federation
         sign_head(session, load_private_key(settings.coordinator_key))
         session.commit()
     (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
     plot_run(run_dir / PLOT_FILE, outcome)
+    document = write_card(
+        run_dir, report, outcome, resolve_schema(settings.schema), purposes=(settings.purpose,)
+    )
+    report["card_files"] = card_files(document)  # the model card document, its Markdown and plots
+    (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
     return report
 
 

@@ -26,6 +26,7 @@ class RunSettings:
     min_institutions: int = 2
     test_path: Path | None = None
     evaluate_on_nodes: bool = True  # each node scores the global model on its holdout rows
+    approve_below_pd: float = 0.05  # fairness statistics: an applicant is approved below this PD
     run_id: str = field(default_factory=new_run_id)
     purpose: str = "credit_underwriting"
     coordinator_key: Path = DEMO_COORDINATOR_KEY  # signs the training request every node checks
@@ -42,6 +43,7 @@ class RunSettings:
     members: tuple[tuple[str, str], ...] = ()
     demo_keys: bool = False  # signed with FedCredit's published demo keys: report and audit say DEMO
     federation_policy_sha256: str | None = None  # the signed federation policy the run follows, if any
+    federation_id: str = "local"  # the federation policy's id: the model registry files versions under it
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -56,3 +58,5 @@ class RunSettings:
             raise ValueError(f"epsilon must be finite and > 0 (or None for no DP), got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if not 0 < self.approve_below_pd < 1:
+            raise ValueError(f"approve_below_pd must be in (0, 1), got {self.approve_below_pd}")

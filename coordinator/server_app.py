@@ -6,6 +6,11 @@ Two phases, both on Flower's legacy workflow (the one SecAgg+ plugs into):
    their row-weighted average gives the pooled mean and standard deviation;
 2. *training*: FedAvg or FedProx rounds, the global model evaluated on the
    coordinator's test set (when it has one) and on each node's holdout rows.
+
+Then two one-round phases with the trained model: *fairness* (per protected group
+statistics on the nodes' holdout rows, ``federation.fairness``; only when the schema
+has protected columns and nodes evaluate on their holdout) and the *contribution
+reference*, which comes last because it ends the run at every node.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from coordinator.run_settings import RunSettings
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from coordinator.settings import coordinator_settings
 from federation import protocol as P
+from federation.fairness import fairness_report, protected_attributes, vector_length
 from federation.loading import EncodedData, FeatureLayout, load_dataset
 from federation.metrics import score_metrics
 from federation.model import FourDimensionModel, load_trainable_weights, trainable_weights
@@ -80,6 +86,9 @@ class RunOutcome:
     model: FourDimensionModel | None = None
     test_scores: np.ndarray | None = None  # final model on the test set
     test_labels: np.ndarray | None = None
+    # per protected group figures on the nodes' pooled holdout rows (federation.fairness.fairness_report);
+    # None when the schema has no protected columns, nodes do not evaluate, or none has holdout rows
+    fairness: dict[str, Any] | None = None
 
 
 def weighted_mean_metrics(results: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
@@ -251,12 +260,20 @@ class Coordinator:
         config: dict[str, Scalar],
         initial: NDArrays,
         shape: tuple[int, ...],
+        on_weights: Callable[[list[int]], None] | None = None,
     ) -> np.ndarray:
         """One round in which every node returns one array; their row-weighted average.
 
-        Under secure aggregation the coordinator only ever sees this average.
+        Under secure aggregation the coordinator only ever sees this average (and each
+        node's weight, which Flower's SecAgg+ leaves in the clear); ``on_weights`` gets the weights.
         """
         n = self.settings.min_institutions
+
+        def weights_seen(results: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+            if on_weights is not None:
+                on_weights([rows for rows, _ in results])
+            return {}
+
         strategy = FedAvg(
             fraction_fit=1.0,
             fraction_evaluate=0.0,
@@ -264,6 +281,7 @@ class Coordinator:
             min_available_clients=n,
             on_fit_config_fn=lambda _: config,
             initial_parameters=ndarrays_to_parameters(initial),
+            fit_metrics_aggregation_fn=weights_seen,
         )
         ordered = self._recording(strategy, RoundLog(), str(config[P.PHASE]))
         self._workflow(
@@ -290,6 +308,25 @@ class Coordinator:
         config = {**self._model_config(stats), P.PHASE: P.PHASE_REFERENCE}
         shape = (len(model.dimensions),)
         return self._one_round_average(grid, context, config, trainable_weights(model), shape)
+
+    def fairness_phase(
+        self, grid: Grid, context: Context, model: FourDimensionModel, stats: NormStats
+    ) -> dict[str, Any] | None:
+        """Per protected group figures of ``model`` on the nodes' holdout rows, from their securely summed counts.
+
+        None when the schema marks no column protected, the run does not score on the
+        nodes' holdout rows, or no node has any.
+        """
+        attributes = protected_attributes(self.schema)
+        if not attributes or not self.settings.evaluate_on_nodes:
+            return None
+        cutoff = self.settings.approve_below_pd
+        config = {**self._model_config(stats), P.PHASE: P.PHASE_FAIRNESS, P.APPROVE_BELOW_PD: cutoff}
+        weights: list[int] = []
+        average = self._one_round_average(
+            grid, context, config, trainable_weights(model), (vector_length(attributes),), weights.extend
+        )
+        return fairness_report(average, attributes, float(sum(weights)), cutoff)
 
     def training_strategy(self, stats: NormStats) -> Strategy:
         train = self.settings.train
@@ -364,6 +401,8 @@ class Coordinator:
         )
         model = self.new_model(stats)
         load_trainable_weights(model, _global_weights(context))
+        # before the reference: a node's reference ends the run there
+        self.outcome.fairness = self.fairness_phase(grid, context, model, stats)
         model.set_reference(self.reference_phase(grid, context, model, stats))
         self.outcome.model = model
         if self.test is not None:

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from federation.errors import DataFileError, DataProblem, DataValidationError, FedCreditError, short_name
-from federation.schema import Column, ColumnType, Dimension, MissingPolicy, Schema, Transform
+from federation.schema import LOGIT_CLIP, Column, ColumnType, Dimension, MissingPolicy, Schema, Transform
 
 MAX_ROWS_SHOWN = 5
 MAX_NAMES_SHOWN = 10  # column names (or categories) listed in one problem, then "... and N more"
@@ -457,11 +457,14 @@ def _check_categorical(col: Column, raw: pd.Series, problems: list[DataProblem])
     return codes
 
 
-def _apply_transform(values: np.ndarray, transform: Transform) -> np.ndarray:
+def apply_transform(values: np.ndarray, transform: Transform) -> np.ndarray:
     if transform is Transform.LOG1P:
         return np.log1p(values)
     if transform is Transform.SIGNED_LOG1P:
         return np.sign(values) * np.log1p(np.abs(values))
+    if transform is Transform.LOGIT:
+        rate = np.clip(values, LOGIT_CLIP, 1 - LOGIT_CLIP)
+        return np.log(rate / (1 - rate))
     return values
 
 
@@ -569,7 +572,7 @@ def encode_frame(
             if col.name in num_index:
                 # a value the transform or float32 cannot take is already a reported problem
                 with np.errstate(invalid="ignore", over="ignore"):
-                    transformed = _apply_transform(values, col.transform)
+                    transformed = apply_transform(values, col.transform)
                     _check_fits_model(col.name, transformed, problems)
                     numeric[:, num_index[col.name]] = transformed
         else:

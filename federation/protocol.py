@@ -11,6 +11,7 @@ PHASE: Final = "phase"
 PHASE_STATS: Final = "normalization-stats"
 PHASE_TRAIN: Final = "train"
 PHASE_REFERENCE: Final = "contribution-reference"
+PHASE_FAIRNESS: Final = "fairness"  # per protected group statistics on the holdout (federation.fairness)
 SCHEMA_NAME: Final = "schema-name"
 SCHEMA_VERSION: Final = "schema-version"
 ROUND: Final = "round"
@@ -27,6 +28,9 @@ MAX_GRAD_NORM: Final = "dp-max-grad-norm"
 CLIENT_DP_CLIPPING_NORM: Final = "clipping_norm"  # the key Flower's client-level DP wrapper sends
 SECAGG_MASKS: Final = "secagg-masks"  # how SecAgg+ masks are expanded (federation.secagg.flower)
 TRAINING_REQUEST: Final = "training-request"  # the coordinator-signed request, canonical JSON bytes
+APPROVE_BELOW_PD: Final = (
+    "approve-below-pd"  # fairness phase: approved when the probability of default is below
+)
 
 # metrics keys returned by nodes
 INSTITUTION: Final = "institution"

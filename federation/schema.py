@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ class Transform(StrEnum):
     NONE = "none"
     LOG1P = "log1p"
     SIGNED_LOG1P = "signed_log1p"
+    LOGIT = "logit"  # for rates in [0, 1]: log(p / (1 - p)), p clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP]
+
+
+LOGIT_CLIP = 1e-3  # a rate is known to about 0.1 %: 0 and 1 become -6.9 and +6.9
 
 
 class MissingPolicy(StrEnum):
@@ -60,6 +65,9 @@ class Column:
     missing: MissingPolicy = MissingPolicy.ERROR
     protected: bool = False
     description: str = ""
+    reason_low: str = ""  # what a low value means, in plain words (a reason code's text)
+    reason_high: str = ""
+    group_edges: tuple[float, ...] = ()  # protected numeric: group boundaries for fairness statistics
 
     @property
     def is_numeric_input(self) -> bool:
@@ -108,6 +116,9 @@ _COLUMN_KEYS = {
     "missing",
     "protected",
     "description",
+    "reason_low",
+    "reason_high",
+    "group_edges",
 }
 _SCHEMA_KEYS = {
     "format_version",
@@ -193,6 +204,35 @@ def _text(raw: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _phrase(raw: dict[str, Any], key: str, where: str) -> str:
+    """An optional plain-words key: absent, or a non-empty string."""
+    if key not in raw:
+        return ""
+    value = raw[key]
+    if not isinstance(value, str) or not value.strip():
+        raise SchemaError(f"{where}: expected a non-empty string, got {_shown(value)}")
+    return value
+
+
+def _group_edges(raw: Any, lo: float | None, hi: float | None, where: str) -> tuple[float, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise SchemaError(f"{where}: expected a non-empty array of numbers, got {_shown(raw)}")
+    edges = tuple(_number(value, f"{where}[{i}]") for i, value in enumerate(raw))
+    numbers = tuple(e for e in edges if e is not None)
+    if any(b <= a for a, b in pairwise(numbers)):
+        raise SchemaError(f"{where}: edges must be strictly increasing, got {_shown(list(numbers))}")
+    for edge in numbers:
+        if lo is not None and edge < lo:
+            raise SchemaError(
+                f"{where}: edge {edge} is below the column's min {lo}; edges lie within min and max"
+            )
+        if hi is not None and edge > hi:
+            raise SchemaError(
+                f"{where}: edge {edge} is above the column's max {hi}; edges lie within min and max"
+            )
+    return numbers
+
+
 def _categories(raw: Any, where: str) -> tuple[str, ...]:
     if not isinstance(raw, list):
         raise SchemaError(f"{where}: expected an array of strings, got {type(raw).__name__}")
@@ -246,9 +286,26 @@ def _parse_column(raw: Any, index: int, at: str) -> Column:
         raise SchemaError(f"{where}: 'transform' applies to numeric columns only, this one is {ctype.value}")
     if transform is Transform.LOG1P and (lo is None or lo < 0):
         raise SchemaError(f"{where}: transform 'log1p' needs min >= 0; use 'signed_log1p'")
+    if transform is Transform.LOGIT and (lo is None or hi is None or lo < 0 or hi > 1):
+        raise SchemaError(f"{where}: transform 'logit' is for rates: it needs min >= 0 and max <= 1")
     protected = raw.get("protected", False)
     if not isinstance(protected, bool):
         raise SchemaError(f"{where}.protected: expected true or false, got {_shown(protected)}")
+    reason_low = _phrase(raw, "reason_low", f"{where}.reason_low")
+    reason_high = _phrase(raw, "reason_high", f"{where}.reason_high")
+    if ctype is ColumnType.CATEGORICAL and (reason_low or reason_high):
+        raise SchemaError(
+            f"{where}: 'reason_low'/'reason_high' apply to numeric and binary columns only; "
+            "a categorical column's reason names its category"
+        )
+    group_edges: tuple[float, ...] = ()
+    if "group_edges" in raw:
+        if ctype is not ColumnType.NUMERIC or not protected:
+            kind = "not protected" if ctype is ColumnType.NUMERIC else ctype.value
+            raise SchemaError(
+                f"{where}: 'group_edges' applies to protected numeric columns only, this one is {kind}"
+            )
+        group_edges = _group_edges(raw["group_edges"], lo, hi, f"{where}.group_edges")
     return Column(
         name=name,
         dimension=_enum(Dimension, raw["dimension"], f"{where}.dimension"),
@@ -260,6 +317,9 @@ def _parse_column(raw: Any, index: int, at: str) -> Column:
         missing=_enum(MissingPolicy, raw.get("missing", "error"), f"{where}.missing"),
         protected=protected,
         description=_text(raw, "description", f"{where}.description"),
+        reason_low=reason_low,
+        reason_high=reason_high,
+        group_edges=group_edges,
     )
 
 
@@ -394,8 +454,14 @@ def schema_to_dict(schema: Schema) -> dict[str, Any]:
             entry["missing"] = c.missing.value
         if c.protected:
             entry["protected"] = True
+        if c.group_edges:
+            entry["group_edges"] = list(c.group_edges)
         if c.description:
             entry["description"] = c.description
+        if c.reason_low:
+            entry["reason_low"] = c.reason_low
+        if c.reason_high:
+            entry["reason_high"] = c.reason_high
         columns.append(entry)
     out: dict[str, Any] = {
         "format_version": schema.format_version,

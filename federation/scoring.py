@@ -17,12 +17,18 @@ from federation.training import PREDICT_BATCH
 BASE_POINTS = 600.0
 BASE_ODDS = 50.0
 POINTS_TO_DOUBLE_ODDS = 20.0
-FACTOR = POINTS_TO_DOUBLE_ODDS / math.log(2)
 
 
-def points_from_logit(logit: np.ndarray) -> np.ndarray:
-    """Credit points from the log-odds of default (higher points = lower risk)."""
-    return BASE_POINTS + FACTOR * (-logit - math.log(BASE_ODDS))
+def points_from_logit(
+    logit: np.ndarray,
+    base_points: float = BASE_POINTS,
+    base_odds: float = BASE_ODDS,
+    points_to_double_odds: float = POINTS_TO_DOUBLE_ODDS,
+) -> np.ndarray:
+    """Credit points from the log-odds of default (higher points = lower risk): ``base_points`` at
+    odds of ``base_odds`` good : 1 bad, ``points_to_double_odds`` more for each doubling of the odds."""
+    factor = points_to_double_odds / math.log(2)
+    return base_points + factor * (-logit - math.log(base_odds))
 
 
 @dataclass(frozen=True)

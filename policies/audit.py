@@ -109,10 +109,13 @@ class AuditEntry(SQLModel, table=True):
     input_sha256: str = ""
     prev: str = Field(unique=True)
     hash: str = Field(unique=True)
+    detail: str = ""  # JSON object of structured details (e.g. a query's purpose); hashed when set
 
     def body(self, seq: int | None = None) -> dict[str, Any]:
         """The hashed content; ``seq`` overrides the stored number (to recognise moved entries)."""
+        extra = {"detail": _rules(self.detail)} if self.detail else {}
         return {
+            **extra,
             "seq": self.seq if seq is None else seq,
             "ts": self.ts,
             "actor": self.actor,
@@ -226,12 +229,48 @@ def append(
     rules: Sequence[str] = (),
     policy_sha256: str = "",
     input_sha256: str = "",
+    detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Add one entry to the chain in ``session``'s transaction; the caller commits."""
     lock_chain(session)
     last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+    entry = new_entry(
+        None if last is None else (last.seq, last.hash),
+        actor=actor,
+        action=action,
+        resource=resource,
+        decision=decision,
+        rules=rules,
+        policy_sha256=policy_sha256,
+        input_sha256=input_sha256,
+        detail=detail,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def last_entry(session: Session) -> tuple[int, str] | None:
+    """The chain's last (seq, hash), or None when it is empty (take :func:`lock_chain` first)."""
+    last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+    return None if last is None else (last.seq, last.hash)
+
+
+def new_entry(
+    after: tuple[int, str] | None,
+    *,
+    actor: str,
+    action: str,
+    resource: str,
+    decision: str = "",
+    rules: Sequence[str] = (),
+    policy_sha256: str = "",
+    input_sha256: str = "",
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """The entry that follows ``after`` (the previous entry's seq and hash; None: the first), hashed."""
     entry = AuditEntry(
-        seq=1 if last is None else last.seq + 1,
+        seq=1 if after is None else after[0] + 1,
         ts=_now(),
         actor=actor,
         action=action,
@@ -240,12 +279,11 @@ def append(
         rules=json.dumps(list(rules)),
         policy_sha256=policy_sha256,
         input_sha256=input_sha256,
-        prev=GENESIS if last is None else last.hash,
+        prev=GENESIS if after is None else after[1],
         hash="",
+        detail=json.dumps(detail, sort_keys=True, separators=(",", ":")) if detail else "",
     )
     entry.hash = entry.compute_hash()
-    session.add(entry)
-    session.flush()
     return entry
 
 

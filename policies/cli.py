@@ -47,7 +47,9 @@ from policies.signing import (
 
 console = Console()
 keys_app = typer.Typer(
-    help="Ed25519 signing keys.", no_args_is_help=True, pretty_exceptions_show_locals=False
+    help="Ed25519 signing keys, and the scoring service's member tokens.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 policy_app = typer.Typer(
     help="Sign, verify, read, compare and test compliance policies.",

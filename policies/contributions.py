@@ -4,7 +4,8 @@ The coordinator chooses the labels of its messages (phase, round), so a node
 does not trust them to count. Per run it answers at most what the signed
 request announces, whatever the labels say:
 
-- one normalization-statistics contribution and one contribution-reference;
+- one normalization-statistics contribution, one fairness contribution and one
+  contribution-reference;
 - one training update and one holdout evaluation per announced round
   (``1..rounds``), each round once;
 - nothing after the contribution-reference (the run is finished);
@@ -39,7 +40,8 @@ STATS = "normalization-stats"
 TRAIN = "train"
 EVALUATE = "evaluate"
 REFERENCE = "contribution-reference"
-ONCE_PER_RUN = (STATS, REFERENCE)
+FAIRNESS = "fairness"  # per protected group statistics on the holdout, sent before the reference
+ONCE_PER_RUN = (STATS, REFERENCE, FAIRNESS)
 ONCE_PER_ROUND = (TRAIN, EVALUATE)
 CLOCK_SKEW = dt.timedelta(minutes=5)
 STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"

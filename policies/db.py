@@ -42,12 +42,15 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 INITIAL_REVISION = "0001"
 # the newest file in migrations/versions (tests/policies/test_migrations.py checks it against Alembic):
 # a database at head is recognised without importing Alembic, which costs every process half a second
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 VERSION_TABLE = "alembic_version"
 # the tables of the initial revision, as create_all made them before migrations
 INITIAL_TABLES = frozenset(
     {"audit_entry", "audit_signed_head", "node_run", "node_contribution", "privacy_ledger"}
 )
+# the tables of revision 0002: the scoring service's registry, member keys and query records
+SERVICE_TABLES = frozenset({"model_version", "model_activation", "api_key", "query_record"})
+ALL_TABLES = INITIAL_TABLES | SERVICE_TABLES
 SCHEMA_LOCK_KEY = 0x46454453  # "FEDS": not the audit chain's lock
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: how long to wait for a connection
 SQLITE_BUSY_S = 30  # SQLite: how long to wait for another process's write

@@ -20,7 +20,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +115,42 @@ class ClientLevelDP:
 
 
 @dataclass(frozen=True)
+class PointsScale:
+    """Points = base_points at odds of base_odds good : 1 bad; points_to_double_odds more doubles them."""
+
+    base_points: float = 600.0
+    base_odds: float = 50.0
+    points_to_double_odds: float = 20.0
+
+
+@dataclass(frozen=True)
+class DecisionRules:
+    """Cut-offs on the probability of default (PD): approve below, decline from, refer between."""
+
+    approve_below: float = 0.03
+    decline_from: float = 0.10
+    # upper PD bound of each risk grade, A first; a PD at or above the last bound gets the next letter
+    grades: tuple[float, ...] = (0.01, 0.03, 0.07, 0.15)
+    limit_feature: str = ""  # the applicant's field holding the amount asked for ("" = none)
+    max_limit: float = 1_000_000.0
+    refer_limit_fraction: float = 0.5  # share of the amount suggested while a person reviews
+
+
+@dataclass(frozen=True)
 class ScoringRules:
     allowed_members: tuple[str, ...]
     allowed_purposes: tuple[str, ...]
     require_consent_reference: bool
     requests_per_minute: int
+    purposes_by_member: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    retention_days: int = 365  # query records (who asked what, when, why) are kept this long
+    max_batch: int = 10_000
+    scale: PointsScale = PointsScale()
+    decision: DecisionRules = DecisionRules()
+
+    def purposes_for(self, member: str) -> tuple[str, ...]:
+        """The purposes ``member`` may score for: its own list when the policy gives one."""
+        return self.purposes_by_member.get(member, self.allowed_purposes)
 
 
 @dataclass(frozen=True)
@@ -449,17 +480,86 @@ def _federation(r: _Reader, sha256: str) -> FederationPolicy:
         epsilon=None if epsilon is None else float(epsilon),
         delta=float(privacy.get("delta", (int, float), 1e-5, _delta)),
         client_dp=client_dp,
-        scoring=ScoringRules(
-            allowed_members=allowed_members,
-            allowed_purposes=_purposes(scoring, "allowed_purposes"),
-            require_consent_reference=scoring.get("require_consent_reference", bool),
-            requests_per_minute=scoring.get("requests_per_minute", int, check=_positive),
-        ),
+        scoring=_scoring_rules(scoring, allowed_members),
         sha256=sha256,
     )
     for reader in (dataset, agg, privacy, scoring, r):
         reader.close()
     return policy
+
+
+def _scoring_rules(scoring: _Reader, allowed_members: tuple[str, ...]) -> ScoringRules:
+    purposes = _purposes(scoring, "allowed_purposes")
+    by_member = scoring.sub("purposes_by_member", required=False)
+    narrowed: dict[str, tuple[str, ...]] = {}
+    for name in by_member.table:
+        if name not in allowed_members:
+            raise by_member.fail(name, f"{name!r} is not in scoring.allowed_members")
+        own = _purposes(by_member, name)
+        wider = [p for p in own if p not in purposes]
+        if wider:
+            raise by_member.fail(name, f"{wider[0]!r} is not in scoring.allowed_purposes")
+        narrowed[name] = own
+    scale = scoring.sub("scale", required=False)
+    decision = scoring.sub("decision", required=False)
+    number = (int, float)
+    default = DecisionRules()
+    rules = ScoringRules(
+        allowed_members=allowed_members,
+        allowed_purposes=purposes,
+        require_consent_reference=scoring.get("require_consent_reference", bool),
+        requests_per_minute=scoring.get("requests_per_minute", int, check=_positive),
+        purposes_by_member=narrowed,
+        retention_days=scoring.get("retention_days", int, 365, _positive),
+        max_batch=scoring.get(
+            "max_batch", int, 10_000, lambda v: None if 1 <= v <= 100_000 else f"must be 1..100000, got {v}"
+        ),
+        scale=PointsScale(
+            base_points=float(scale.get("base_points", number, 600.0, _positive)),
+            base_odds=float(scale.get("base_odds", number, 50.0, _positive)),
+            points_to_double_odds=float(scale.get("points_to_double_odds", number, 20.0, _positive)),
+        ),
+        decision=DecisionRules(
+            approve_below=float(decision.get("approve_below", number, default.approve_below, _probability)),
+            decline_from=float(decision.get("decline_from", number, default.decline_from, _probability)),
+            grades=_grades(decision),
+            limit_feature=decision.get("limit_feature", str, ""),
+            max_limit=float(decision.get("max_limit", number, default.max_limit, _positive)),
+            refer_limit_fraction=float(
+                decision.get("refer_limit_fraction", number, default.refer_limit_fraction, _fraction)
+            ),
+        ),
+    )
+    if rules.decision.approve_below > rules.decision.decline_from:
+        raise decision.fail(
+            "approve_below",
+            f"{rules.decision.approve_below} is above decline_from {rules.decision.decline_from}",
+        )
+    for reader in (by_member, scale, decision):
+        reader.close()
+    return rules
+
+
+def _probability(v: Any) -> str | None:
+    return None if 0 < v < 1 else f"must be a probability between 0 and 1 (exclusive), got {v}"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else f"must be between 0 and 1, got {v}"
+
+
+def _grades(decision: _Reader) -> tuple[float, ...]:
+    raw = decision.get("grades", list, list(DecisionRules().grades))
+    if not 1 <= len(raw) <= 9:
+        raise decision.fail("grades", f"must list 1 to 9 upper bounds, got {len(raw)}")
+    bounds = []
+    for v in raw:
+        if isinstance(v, bool) or not isinstance(v, int | float) or _probability(v) is not None:
+            raise decision.fail("grades", f"every bound must be a probability between 0 and 1, got {v!r}")
+        bounds.append(float(v))
+    if any(later <= earlier for earlier, later in zip(bounds, bounds[1:], strict=False)):
+        raise decision.fail("grades", "bounds must increase")
+    return tuple(bounds)
 
 
 def _secure_aggregation_sizes(privacy: _Reader) -> tuple[int | None, int | None]:

@@ -22,7 +22,7 @@ from coordinator.federation_policy import (
     public_key_of,
     verify_federation_policy,
 )
-from coordinator.score_cli import EXAMPLE_APPLICANT, score_command
+from coordinator.score_cli import EXAMPLE_APPLICANT
 from coordinator.settings import coordinator_settings
 from federation.errors import FedCreditError
 from federation.protocol import NODE_DATA_INVALID
@@ -510,8 +510,22 @@ def demo(
         trust=DEMO_FEDERATION_TRUST,
         allow_demo_keys=True,
     )
-    console.rule("Scoring the grocery-store couple (examples/grocery_store_couple.csv)")
-    score_command(applicants=EXAMPLE_APPLICANT, model="latest", schema=None, as_json=False)
+    console.rule("The scoring service: a member bank decides on the grocery-store couple over HTTP")
+    from coordinator.service.demo import applicant_from_file, promote_latest, serve_and_decide
+    from coordinator.service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        federation_policy=DEMO_FEDERATION_POLICY,
+        trust=DEMO_FEDERATION_TRUST,
+        coordinator_key=DEMO_COORDINATOR_KEY,
+        allow_demo_keys=True,
+    )
+    federation = verify_federation_policy(DEMO_FEDERATION_POLICY, DEMO_FEDERATION_TRUST)[0].header.id
+    version = promote_latest(settings.audit_url, federation, "demo")
+    console.print(
+        f"the consortium's admin promotes this run's model ({version}) for scoring", highlight=False
+    )
+    serve_and_decide(console, settings, "national_bank", applicant_from_file(EXAMPLE_APPLICANT))
 
 
 def register(app: typer.Typer) -> None:

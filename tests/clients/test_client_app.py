@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clients.client_app import CreditClientApp, CreditNodeClient, SchemaMismatchError, build_client_app
@@ -119,6 +121,17 @@ def _train_config(node: NodeData, request: bytes) -> tuple[list[np.ndarray], dic
     return trainable_weights(model), cfg
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small batches through a small model: a second intra-op thread only waits for the first,
+    and on a busy machine it makes training several times slower (same results)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_the_coordinator_cannot_choose_or_know_the_dp_noise(node_dir: Path, tmp_path: Path) -> None:
     """Same weights, same message, same seed from the coordinator: the DP update differs each time.
 

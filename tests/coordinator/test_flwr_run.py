@@ -191,7 +191,7 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
     deadline = time.monotonic() + 240
     reports: list[Path] = []
     while time.monotonic() < deadline and not reports:
-        time.sleep(2)
+        time.sleep(0.5)
         reports = list((tmp_path / "runs").glob("*/report.json"))
         assert processes[0].poll() is None, (tmp_path / "superlink.log").read_text(errors="replace")[-3000:]
     assert reports, (

@@ -89,7 +89,13 @@ def test_the_report_and_the_model_file_carry_the_same_card(
 
     written = json.loads((run_dir / REPORT_FILE).read_text())
     sha = file_sha256(run_dir / MODEL_FILE)
-    assert written["model"] == {"file": MODEL_FILE, "sha256": sha, "card": card.to_dict()}
+    assert written["model"] == {
+        "file": MODEL_FILE,
+        "sha256": sha,
+        "card": card.to_dict(),
+        "federation": "local",
+        "version": "v1",
+    }
     assert report["model"] == written["model"]
     with Session(create_audit_engine(settings.audit_url)) as session:
         registered = [e for e in entries(session) if e.action == "model.register"]

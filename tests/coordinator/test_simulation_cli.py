@@ -218,14 +218,25 @@ def test_generate_then_partition(tmp_path: Path) -> None:
     assert not (tmp_path / "out2").exists()
 
 
-def test_a_whole_run_repeats_exactly_under_the_same_seed(tmp_path: Path) -> None:
+# one round without SecAgg+, so both runs are deterministic: the run that repeats is also the
+# plain run the client-level DP run is compared with
+PLAIN = [
+    *("--institutions", "3", "--rows", "6000", "--rounds", "1"),
+    *("--no-secure-aggregation", "--seed", "2"),
+]
+
+
+@pytest.fixture(scope="module")
+def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same sandbox run twice, under the same seed, each in a folder of its own."""
+    first, second = (_simulate_in(tmp_path_factory.mktemp(name), PLAIN)[0] for name in ("a", "b"))
+    return first, second
+
+
+def test_a_whole_run_repeats_exactly_under_the_same_seed(plain_runs: tuple[Path, Path]) -> None:
     """Bit for bit without secure aggregation (Flower's SecAgg+ rounds stochastically,
     so under it a rerun agrees only to within the quantization step)."""
-    plain = ["--institutions", "3", "--rows", "6000", "--rounds", "2", "--no-secure-aggregation"]
-    runs = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        runs.append(_simulate_in(tmp_path / name, plain)[0])
+    runs = plain_runs
     first, second = (torch.load(r / "model.pt", weights_only=True)["state_dict"] for r in runs)
     # no federation policy, no --coordinator-key: the operator's own sandbox, no demo key anywhere
     report = json.loads((runs[0] / "report.json").read_text())
@@ -237,43 +248,12 @@ def test_a_whole_run_repeats_exactly_under_the_same_seed(tmp_path: Path) -> None
         assert torch.equal(first[key], second[key]), key
 
 
-def test_differentially_private_run_spends_and_records_its_budget(tmp_path: Path) -> None:
-    run_dir, output = _simulate_in(
-        tmp_path, ["--institutions", "3", "--rounds", "2", "--rows", "9000", "--epsilon", "8"]
-    )
-    report = json.loads((run_dir / "report.json").read_text())
-    assert report["settings"]["epsilon"] == 8.0
-    assert "epsilon spent" in output  # the terminal shows each institution's spend too
-    for inst in report["institutions"].values():
-        spent = [r["epsilon_spent"] for r in inst["rounds"]]
-        assert spent[0] < spent[1] <= 8.0 and spent[1] == pytest.approx(8.0, abs=0.1)
-        assert [r["dp_noise"] for r in inst["rounds"]] == ["secret", "secret"]
-    node_db = f"sqlite:///{run_dir / 'audit' / 'node-national_bank.db'}"
-    export = runner.invoke(app, ["audit", "export", "--jsonl", "-", "--db", node_db])
-    assert export.output.count('"action":"privacy.spend"') == 2
-    assert "round-2/epsilon-spent=" in export.output
-    # the node's log is signed with the node's own key: it verifies against that key alone
-    node_pub = run_dir / "keys" / "node_national_bank.pub"
-    verified = runner.invoke(app, ["audit", "verify", "--db", node_db, "--trust", str(node_pub)])
-    assert verified.exit_code == 0 and "intact" in verified.output
-
-
-def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path) -> None:
+def test_client_level_dp_noises_the_aggregate_as_the_policy_says(
+    plain_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     """One round without SecAgg+ (so both runs are deterministic): client-level DP changes the
     aggregate by clipping, equal weights and noise of std noise_multiplier * clipping_norm / 3."""
-    base = [
-        "--institutions",
-        "3",
-        "--rows",
-        "6000",
-        "--rounds",
-        "1",
-        "--no-secure-aggregation",
-        "--seed",
-        "2",
-    ]
-    (tmp_path / "plain").mkdir()
-    plain_dir, _ = _simulate_in(tmp_path / "plain", base)
+    plain_dir = plain_runs[0]
     policy = federation_policy(
         tmp_path / "policy",
         "[privacy.client_dp]\nnoise_multiplier = 1.5\nclipping_norm = 1.0",
@@ -281,7 +261,7 @@ def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path)
         secure_aggregation=False,
     )
     (tmp_path / "dp").mkdir()
-    dp_dir, output = _simulate_in(tmp_path / "dp", [*base, *policy])
+    dp_dir, output = _simulate_in(tmp_path / "dp", [*PLAIN, *policy])
     client_dp = json.loads((dp_dir / "report.json").read_text())["settings"]["client_dp"]
     assert client_dp["noise_multiplier"] == 1.5 and client_dp["clipping_norm"] == 1.0
     assert client_dp["epsilon"] == pytest.approx(client_level_epsilon(ClientLevelDP(1.5, 1.0), 1, 1e-5))
@@ -293,9 +273,12 @@ def test_client_level_dp_noises_the_aggregate_as_the_policy_says(tmp_path: Path)
     assert 0.8 * sigma < float(diff.std()) < 1.2 * sigma
 
 
-def test_a_consortium_with_keys_of_its_own_runs_without_any_demo_key(tmp_path: Path) -> None:
-    """Its own coordinator, consortium and institution keys: no --allow-demo-keys, nothing DEMO,
-    the institutions named by their own keys, the whole log verified against the consortium's keys."""
+@pytest.fixture(scope="module")
+def own_keys_dp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    """A consortium with keys of its own (coordinator, consortium, institutions) whose run asks for
+    record-level DP at epsilon 8: no --allow-demo-keys; its 2 rounds come from its policy.
+    Returns the run folder, the terminal output and the folder of the consortium's keys."""
+    tmp_path = tmp_path_factory.mktemp("own_keys")
     keys = tmp_path / "keys"
     text = CONSORTIUM.read_text()
     for name in (
@@ -315,15 +298,45 @@ def test_a_consortium_with_keys_of_its_own_runs_without_any_demo_key(tmp_path: P
     run_dir, output = _simulate_in(
         tmp_path,
         [
-            *("--institutions", "3", "--rows", "6000", "--federation-policy", str(policy)),
-            *("--trust", str(consortium_pub), "--coordinator-key", str(keys / "coordinator.key")),
-            *("--node-keys", str(keys)),
+            *("--institutions", "3", "--rows", "9000", "--epsilon", "8"),
+            *("--federation-policy", str(policy), "--trust", str(consortium_pub)),
+            *("--coordinator-key", str(keys / "coordinator.key"), "--node-keys", str(keys)),
         ],
     )
+    return run_dir, output, keys
+
+
+def test_differentially_private_run_spends_and_records_its_budget(
+    own_keys_dp_run: tuple[Path, str, Path],
+) -> None:
+    run_dir, output, keys = own_keys_dp_run
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["settings"]["epsilon"] == 8.0
+    assert "epsilon spent" in output  # the terminal shows each institution's spend too
+    for inst in report["institutions"].values():
+        spent = [r["epsilon_spent"] for r in inst["rounds"]]
+        assert spent[0] < spent[1] <= 8.0 and spent[1] == pytest.approx(8.0, abs=0.1)
+        assert [r["dp_noise"] for r in inst["rounds"]] == ["secret", "secret"]
+    node_db = f"sqlite:///{run_dir / 'audit' / 'node-national_bank.db'}"
+    export = runner.invoke(app, ["audit", "export", "--jsonl", "-", "--db", node_db])
+    assert export.output.count('"action":"privacy.spend"') == 2
+    assert "round-2/epsilon-spent=" in export.output
+    # the node's log is signed with the node's own key: it verifies against that key alone
+    node_pub = keys / "national_bank.pub"
+    verified = runner.invoke(app, ["audit", "verify", "--db", node_db, "--trust", str(node_pub)])
+    assert verified.exit_code == 0 and "intact" in verified.output
+
+
+def test_a_consortium_with_keys_of_its_own_runs_without_any_demo_key(
+    own_keys_dp_run: tuple[Path, str, Path],
+) -> None:
+    """Its own coordinator, consortium and institution keys: no --allow-demo-keys, nothing DEMO,
+    the institutions named by their own keys, the whole log verified against the consortium's keys."""
+    run_dir, output, keys = own_keys_dp_run
     report = json.loads((run_dir / "report.json").read_text())
     assert report["demo"] is None and "DEMO" not in output
     assert sorted(report["institutions"]) == ["national_bank", "online_bank", "rural_cooperative"]
-    db = f"sqlite:///{tmp_path / 'var' / 'fedcredit.db'}"
+    db = f"sqlite:///{run_dir.parents[1] / 'fedcredit.db'}"
     verified = runner.invoke(app, ["audit", "verify", "--db", db, "--trust", str(keys / "coordinator.pub")])
     assert verified.exit_code == 0 and "intact" in verified.output and "DEMO" not in verified.output
 

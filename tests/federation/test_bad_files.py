@@ -661,6 +661,61 @@ def _(tmp: Path, frame: pd.DataFrame) -> Path:
     return _schema(tmp, '["x", "y"]', '["x", 1.5]')
 
 
+@case("schema-empty-reason", "schema", SchemaError, ":8: column 'a'.reason_low: expected a non-empty string")
+def _(tmp: Path, frame: pd.DataFrame) -> Path:
+    return _schema(tmp, "max = 10.0", 'max = 10.0\nreason_low = ""')
+
+
+@case(
+    "schema-reason-categorical",
+    "schema",
+    SchemaError,
+    ":15: column 'kind': 'reason_low'/'reason_high' apply to numeric and binary columns only",
+)
+def _(tmp: Path, frame: pd.DataFrame) -> Path:
+    return _schema(tmp, '["x", "y"]', '["x", "y"]\nreason_high = "Many"')
+
+
+@case(
+    "schema-edges-unprotected",
+    "schema",
+    SchemaError,
+    ":8: column 'a': 'group_edges' applies to protected numeric columns only, this one is not protected",
+)
+def _(tmp: Path, frame: pd.DataFrame) -> Path:
+    return _schema(tmp, "max = 10.0", "max = 10.0\ngroup_edges = [5.0]")
+
+
+@case(
+    "schema-edges-categorical",
+    "schema",
+    SchemaError,
+    ":15: column 'kind': 'group_edges' applies to protected numeric columns only, this one is categorical",
+)
+def _(tmp: Path, frame: pd.DataFrame) -> Path:
+    return _schema(tmp, '["x", "y"]', '["x", "y"]\nprotected = true\ngroup_edges = [1.0]')
+
+
+@case(
+    "schema-edges-decreasing",
+    "schema",
+    SchemaError,
+    ":8: column 'a'.group_edges: edges must be strictly increasing, got [6.0, 4.0]",
+)
+def _(tmp: Path, frame: pd.DataFrame) -> Path:
+    return _schema(tmp, "max = 10.0", "max = 10.0\nprotected = true\ngroup_edges = [6.0, 4.0]")
+
+
+@case(
+    "schema-edges-outside",
+    "schema",
+    SchemaError,
+    ":8: column 'a'.group_edges: edge 12.0 is above the column's max 10.0",
+)
+def _(tmp: Path, frame: pd.DataFrame) -> Path:
+    return _schema(tmp, "max = 10.0", "max = 10.0\nprotected = true\ngroup_edges = [5.0, 12.0]")
+
+
 # --- policy TOML -----------------------------------------------------------------------
 
 

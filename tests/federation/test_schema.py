@@ -170,6 +170,45 @@ def test_contradictory_schema_is_refused(change: dict[str, object], message: str
         ({"name": "y"}, "column 'y' is the label column; it cannot also be a feature"),
         ({"name": "id"}, "column 'id' is the id column; it cannot also be a feature"),
         ({"name": "  "}, "columns[0]: 'name' must be a non-empty string"),
+        ({"reason_low": ""}, "column 'a'.reason_low: expected a non-empty string, got ''"),
+        ({"reason_high": " "}, "column 'a'.reason_high: expected a non-empty string, got ' '"),
+        ({"reason_high": 3}, "column 'a'.reason_high: expected a non-empty string, got 3"),
+        (
+            {"type": "categorical", "categories": ["x"], "reason_low": "Few"},
+            "column 'a': 'reason_low'/'reason_high' apply to numeric and binary columns only",
+        ),
+        (
+            {"group_edges": [5.0]},
+            "column 'a': 'group_edges' applies to protected numeric columns only, this one is not protected",
+        ),
+        (
+            {"type": "categorical", "categories": ["x"], "protected": True, "group_edges": [5.0]},
+            "column 'a': 'group_edges' applies to protected numeric columns only, this one is categorical",
+        ),
+        ({"type": "binary", "protected": True, "group_edges": [0.5]}, "only, this one is binary"),
+        (
+            {"protected": True, "group_edges": []},
+            "column 'a'.group_edges: expected a non-empty array of numbers",
+        ),
+        (
+            {"protected": True, "group_edges": 35},
+            "column 'a'.group_edges: expected a non-empty array of numbers",
+        ),
+        (
+            {"protected": True, "group_edges": ["35"]},
+            "column 'a'.group_edges[0]: expected a number, got '35'",
+        ),
+        (
+            {"protected": True, "group_edges": [1, float("nan")]},
+            "column 'a'.group_edges[1]: nan is not a finite",
+        ),
+        ({"protected": True, "group_edges": [5, 5]}, "'a'.group_edges: edges must be strictly increasing"),
+        ({"protected": True, "group_edges": [6, 2]}, "edges must be strictly increasing, got [6.0, 2.0]"),
+        (
+            {"protected": True, "min": 0, "max": 10, "group_edges": [5, 11]},
+            "edge 11.0 is above the column's max 10.0",
+        ),
+        ({"protected": True, "min": 18, "group_edges": [16]}, "edge 16.0 is below the column's min 18.0"),
     ],
 )
 def test_contradictory_column_is_refused(change: dict[str, object], message: str) -> None:
@@ -216,3 +255,50 @@ def test_a_schema_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_bytes(b"\xef\xbb\xbf" + _SCHEMA_TOML.replace('["note", "a"]', '["note"]').encode())
     assert [c.name for c in load_schema(path).columns] == ["b", "a"]
+
+
+_PLAIN = """format_version = 1
+name = "t"
+version = "1"
+id_column = "id"
+label_column = "y"
+min_rows = 50
+
+[[columns]]
+name = "a"
+dimension = "credit"
+type = "numeric"
+min = 0.0
+max = 10.0
+
+[[columns]]
+name = "kind"
+dimension = "operations"
+type = "categorical"
+categories = [
+    "x",
+    "y",
+]
+"""
+
+
+def test_reason_words_and_group_edges_parse_and_dump_byte_stably() -> None:
+    assert dump_schema(parse_schema(tomllib.loads(_PLAIN))) == _PLAIN  # files without them: unchanged
+    raw = tomllib.loads(_PLAIN)
+    raw["columns"][0].update(reason_low="Few", reason_high="Many")
+    raw["columns"].append(
+        {"name": "age", "dimension": "behaviour", "type": "numeric", "min": 16, "max": 110}
+        | {"protected": True, "group_edges": [35, 55.5]}
+    )
+    schema = parse_schema(raw)
+    a, age = schema.column("a"), schema.column("age")
+    assert (a.reason_low, a.reason_high, a.group_edges) == ("Few", "Many", ())
+    assert age.group_edges == (35.0, 55.5) and (age.reason_low, age.reason_high) == ("", "")
+    assert schema.column("kind").reason_low == "" and schema.column("kind").group_edges == ()
+    text = dump_schema(schema)
+    assert (
+        'reason_low = "Few"\nreason_high = "Many"\n' in text
+        and "group_edges = [\n    35.0,\n    55.5,\n]" in text
+    )
+    again = parse_schema(tomllib.loads(text))
+    assert again == schema and dump_schema(again) == text

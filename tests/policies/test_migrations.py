@@ -24,11 +24,24 @@ import policies.db as db
 from policies.audit import AuditEntry, SignedHead, create_audit_engine, record
 from policies.budget import PrivacySpend
 from policies.contributions import Contribution, NodeRun
-from policies.db import INITIAL_REVISION, INITIAL_TABLES, SchemaError, ensure_schema, head_revision, upgrade
+from policies.db import (
+    ALL_TABLES,
+    INITIAL_REVISION,
+    INITIAL_TABLES,
+    SERVICE_TABLES,
+    SchemaError,
+    ensure_schema,
+    head_revision,
+    upgrade,
+)
 from policies.db_cli import db_app
+from policies.member_keys import ApiKey
+from policies.query_log import QueryRecord
+from policies.registry import ModelActivation, ModelVersion
 
 MODELS = (AuditEntry, SignedHead, NodeRun, Contribution, PrivacySpend)
 AUDIT_MODELS = (AuditEntry, SignedHead)
+SERVICE_MODELS = (ModelVersion, ModelActivation, ApiKey, QueryRecord)  # revision 0002
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
@@ -54,7 +67,7 @@ def _schema_diffs(eng: Engine) -> list[object]:
     """What autogenerate would change to make the database match the SQLModel classes (our tables only)."""
 
     def ours(name: str | None, type_: str, parent_names: object) -> bool:
-        return type_ != "table" or name in INITIAL_TABLES
+        return type_ != "table" or name in ALL_TABLES
 
     with eng.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": ours})
@@ -66,8 +79,9 @@ def _create_all(eng: Engine, models: tuple[type[SQLModel], ...]) -> None:
     SQLModel.metadata.create_all(eng, tables=[m.__table__ for m in models])  # type: ignore[attr-defined]
 
 
-def test_models_declare_exactly_the_initial_tables() -> None:
+def test_models_declare_exactly_the_migrated_tables() -> None:
     assert {m.__tablename__ for m in MODELS} == INITIAL_TABLES  # type: ignore[attr-defined]
+    assert {m.__tablename__ for m in MODELS + SERVICE_MODELS} == ALL_TABLES  # type: ignore[attr-defined]
 
 
 def test_head_revision_is_alembics_head() -> None:
@@ -82,7 +96,7 @@ def test_fresh_database_upgrades_to_tables_matching_the_models(plain: Engine) ->
     result = upgrade(plain)
     assert (result.before, result.revision, result.adopted) == (None, head_revision(), False)
     with plain.connect() as conn:
-        assert _tables(conn) == INITIAL_TABLES | {"alembic_version"}
+        assert _tables(conn) == ALL_TABLES | {"alembic_version"}
     assert _schema_diffs(plain) == []
     assert _revision(plain) == head_revision()
 
@@ -100,7 +114,9 @@ def test_the_comparison_sees_a_difference(plain: Engine) -> None:
 def test_migrated_and_create_all_databases_have_the_same_schema(db_url: str, plain: Engine) -> None:
     """A database adopted from create_all and one made by the migrations compare equal to the models."""
     _create_all(plain, MODELS)
-    assert _schema_diffs(plain) == []
+    before = _schema_diffs(plain)  # create_all knew only the initial tables: the service's are missing
+    assert {d[1].name for d in before if isinstance(d, tuple) and d[0] == "add_table"} == SERVICE_TABLES
+    assert all(isinstance(d, tuple) and d[0] in ("add_table", "add_index") for d in before)
     upgrade(plain)
     assert _schema_diffs(plain) == []
 
@@ -116,7 +132,7 @@ def test_create_all_database_is_adopted_with_its_rows(plain: Engine) -> None:
     with Session(plain) as session:
         assert [e.resource for e in session.exec(select(AuditEntry))] == ["r1"]
     with plain.connect() as conn:
-        assert _tables(conn) == INITIAL_TABLES | {"alembic_version"}
+        assert _tables(conn) == ALL_TABLES | {"alembic_version"}
     assert _schema_diffs(plain) == []
 
 
@@ -129,7 +145,7 @@ def test_create_all_database_with_only_the_audit_tables_gets_the_rest(plain: Eng
     try:
         assert _revision(eng) == head_revision()
         with eng.connect() as conn:
-            assert _tables(conn) == INITIAL_TABLES | {"alembic_version"}
+            assert _tables(conn) == ALL_TABLES | {"alembic_version"}
         with Session(eng) as session:
             assert session.exec(select(AuditEntry.resource)).all() == ["r1"]
     finally:

@@ -108,7 +108,7 @@ def _cheat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Messag
         audit_url=f"sqlite:///{tmp_path / 'c.db'}",
     )
     with pytest.raises(RuntimeError):  # the cheating round produced no aggregate
-        run_simulated_federation(nodes, settings)
+        run_simulated_federation(nodes, settings, parallel_nodes=1)  # one Ray actor to start
     assert len(CheatingWorkflow.replies) == 2
     return CheatingWorkflow.replies, nodes
 

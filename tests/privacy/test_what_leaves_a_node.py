@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from flwr.app import Context, Message
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
@@ -20,9 +21,13 @@ from coordinator.secure_aggregation import MODULUS_RANGE
 from coordinator.simulation.engine import run_simulated_federation
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation import protocol as P
-from federation.datasets.partition import TRAIN_FILE, write_partition
+from federation.datasets.partition import HOLDOUT_FILE, TRAIN_FILE, write_partition
 from federation.datasets.synthetic import generate_sme
+from federation.fairness import fairness_report, group_index, node_vector, protected_attributes, vector_length
+from federation.loading import encode_frame
 from federation.metrics import score_metrics
+from federation.schema import resolve_schema
+from federation.training import predict_proba
 
 ALLOWED_METRICS = {
     *score_metrics(np.array([0.0, 1.0]), np.array([0.2, 0.7])),
@@ -94,7 +99,10 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
         demo_keys=True,
         audit_url=f"sqlite:///{tmp_path / 'coordinator.db'}",
     )
-    run_simulated_federation(nodes, settings, outer_mods=[CaptureReplies(capture)])
+    # one node worker: one Ray actor to start, and a node's messages are light work
+    outcome = run_simulated_federation(
+        nodes, settings, parallel_nodes=1, outer_mods=[CaptureReplies(capture)]
+    )
 
     messages = [pickle.loads(p.read_bytes()) for p in capture.glob("*.pkl")]
     assert len(messages) >= 3 * 4  # stats, 2 training rounds, reference (+ evaluations) per node
@@ -131,10 +139,10 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
     assert sent_numbers.size < train.size
 
     # every data-derived reply went through SecAgg+: what left was masked integers, uniform over
-    # the modulus, never the node's float update (stats round, 2 training rounds, reference round)
+    # the modulus, never the node's float update (stats, 2 training rounds, fairness, reference)
     data_replies = [m for m in messages if m["type"] == "train"]
     masked = [m for m in data_replies if m["stage"] == Stage.COLLECT_MASKED_VECTORS]
-    assert len(masked) == 3 * 4
+    assert len(masked) == 3 * 5
     assert all(m["stage"] is not None for m in data_replies)
     assert not any(
         np.issubdtype(np.asarray(a).dtype, np.floating) for m in data_replies for a in m.get("arrays", [])
@@ -151,3 +159,26 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
     values = np.concatenate([a.ravel() for a in vectors]).astype(np.float64)
     assert values.min() >= 0 and values.max() < MODULUS_RANGE
     assert abs(values.mean() / MODULUS_RANGE - 0.5) < 0.05
+
+    # the fairness round: each node's per-group counts of its holdout left masked, like every
+    # vector above; the coordinator got only their secure sum, which gives the figures of the
+    # pooled holdout rows (within SecAgg+'s quantization)
+    schema = resolve_schema("sme")
+    attributes = protected_attributes(schema)
+    assert sum(a.shape == (vector_length(attributes),) for a in vectors) == 3
+    holdout = pd.concat([pd.read_csv(f / HOLDOUT_FILE) for f in folders.values()])
+    pooled = encode_frame(holdout, schema, "pooled holdout")
+    assert outcome.model is not None and pooled.label is not None and outcome.fairness is not None
+    cutoff = settings.approve_below_pd
+    scores = predict_proba(outcome.model, pooled)
+    vector = node_vector(scores, pooled.label, group_index(holdout, attributes), attributes, cutoff)
+    expected = fairness_report(vector, attributes, len(holdout), cutoff)
+    assert expected is not None and outcome.fairness["holdout_rows"] == len(holdout)
+    assert set(outcome.fairness["attributes"]) == {"owner_age", "owner_gender", "owner_marital_status"}
+    for name, groups in expected["attributes"].items():
+        assert sum(g["share"] for g in outcome.fairness["attributes"][name].values()) == pytest.approx(1.0)
+        for group, figures in groups.items():
+            for key, value in figures.items():
+                got = outcome.fairness["attributes"][name][group][key]
+                assert (got is None) == (value is None), (name, group, key)
+                assert value is None or (0.0 <= got <= 1.0 and got == pytest.approx(value, abs=1e-3))

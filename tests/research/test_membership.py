@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.research.baselines import train_for_epochs
 from benchmarks.research.membership import loss_attack_auc, reference_attack_auc, train_reference_models
@@ -14,6 +17,16 @@ from federation.schema import resolve_schema
 
 MEMORISE = TrainConfig(batch_size=16, learning_rate=1e-2, weight_decay=0.0)
 WIDE = ModelConfig(hidden=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Batches of 16 rows through a small model: a second intra-op thread only waits for the
+    first, and on a busy machine it makes training several times slower (same results)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,597 @@
+"""The scoring service: ``create_app(settings)`` builds the FastAPI app members and auditors call.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at
+definition time, and the request bodies are classes built from the dataset schema inside
+:func:`create_app`.
+"""
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlmodel import Session, col, select
+
+from coordinator.service import problems
+from coordinator.service.applicants import encode_applicants, raw_values, request_models
+from coordinator.service.audit_writer import AuditUnavailable
+from coordinator.service.audit_writer import Query as AuditQuery
+from coordinator.service.problems import ProblemError, problem_response
+from coordinator.service.rate_limit import retry_after
+from coordinator.service.schemas import (
+    AuditEntries,
+    BatchScoreResponse,
+    ChainVerification,
+    DecisionResponse,
+    Health,
+    ModelCardOut,
+    ModelList,
+    PolicyList,
+    PolicyStatus,
+    QueryList,
+    ScoreResponse,
+)
+from coordinator.service.scorer import MAX_REASONS, Scored, ServingModel, decide, reason_dicts, score_batch
+from coordinator.service.settings import ServiceSettings
+from coordinator.service.state import ServiceState
+from federation.loading import EncodedData
+from federation.reasons import adverse_reasons
+from policies.audit import AuditEntry, verify_chain
+from policies.documents import PolicyError
+from policies.member_keys import Caller
+from policies.query_log import history, utc_stamp
+from policies.registry import (
+    RegistryError,
+    active_version,
+    get_version,
+    parse_version,
+    promote,
+    rollback,
+    versions,
+)
+from policies.signing import key_id, read_public_keys, verify_policy
+
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
+bearer = HTTPBearer(auto_error=False, description="A member token from `fedcredit keys issue`")
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: such a filter is a 422, not a 500
+MAX_SEQ = 2**31 - 1  # entry numbers are 32-bit integers in the database
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fedcredit"'}
+
+
+class Guard:
+    """Pure ASGI middleware: refuses bodies over the limit (413) and times every request."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        limit = self.state.settings.max_body_bytes
+        status = {"code": 500}
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._too_large(scope, receive, send, limit)
+            return
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge()
+            return message
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except _TooLarge:
+            await self._too_large(scope, receive, send, limit)
+            return
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.state.metrics.request(scope["method"], path, status["code"], time.perf_counter() - started)
+
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
+        self.state.metrics.refusal("payload_too_large")
+        response = problem_response(
+            str(scope.get("path", "")),
+            413,
+            "payload-too-large",
+            f"the request body is over {limit} bytes; send fewer applicants",
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a scoring request asks, typed (the body classes are built from the schema at start)."""
+
+    purpose: str
+    consent: str | None
+    applicants: list[BaseModel]
+
+    @classmethod
+    def of(cls, body: Any) -> "Asked":
+        many = body.applicants if hasattr(body, "applicants") else [body.applicant]
+        return cls(body.purpose, body.consent_reference, many)
+
+    @property
+    def given(self) -> list[dict[str, Any]]:
+        return [a.__dict__ for a in self.applicants]
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """The service for ``settings``; raises :class:`ServiceError` (one line) if it cannot serve safely."""
+    state = ServiceState(settings)
+    single_body, batch_body = request_models(state.schema, state.rules.max_batch)
+
+    running = {"lifespans": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # a second server (or test client) on the same app shares the first one's writer and model
+        running["lifespans"] += 1
+        if running["lifespans"] > 1:
+            try:
+                yield
+            finally:
+                running["lifespans"] -= 1
+            return
+        state.writer.start()
+        await asyncio.to_thread(state.refresh_model)
+        await asyncio.to_thread(state.writer.prune_now)
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(settings.model_poll_seconds)
+                await asyncio.to_thread(state.refresh_model)
+
+        poller = asyncio.create_task(poll())
+        try:
+            yield
+        finally:
+            running["lifespans"] -= 1
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await asyncio.to_thread(state.writer.stop)
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="FedCredit scoring service",
+        version="1",
+        summary="Scores, reasons and decisions from the federation's shared credit-risk model; every query audited.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    problems.install(app)
+    app.add_middleware(Guard, state=state)
+    documented: dict[int | str, dict[str, Any]] = {
+        code: {"model": problems.Problem, "content": {problems.PROBLEM_JSON: {}}, "description": title}
+        for code, title in problems.TITLES.items()
+    }
+    problem_responses: dict[int | str, dict[str, Any]] = {
+        code: documented[code] for code in (401, 403, 413, 422, 429, 503)
+    }
+    version_responses: dict[int | str, dict[str, Any]] = {**problem_responses, 404: documented[404]}
+    change_responses: dict[int | str, dict[str, Any]] = {**version_responses, 409: documented[409]}
+
+    def refuse(status: int, slug: str, detail: str, headers: dict[str, str] | None = None) -> ProblemError:
+        state.metrics.refusal(slug)
+        return ProblemError(status, slug, detail, headers=headers)
+
+    async def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Caller:
+        if credentials is None:
+            raise refuse(401, "no-token", "send a member token: Authorization: Bearer <token>", CHALLENGE)
+        found = await asyncio.to_thread(state.tokens.get, credentials.credentials, state.engine)
+        if found is None:
+            raise refuse(
+                401,
+                "bad-token",
+                "the token is unknown, revoked or malformed",
+                {**CHALLENGE, "WWW-Authenticate": CHALLENGE["WWW-Authenticate"] + ', error="invalid_token"'},
+            )
+        return found
+
+    def role(*allowed: str) -> Callable[..., Awaitable[Caller]]:
+        async def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
+            if who.role not in allowed:
+                raise refuse(
+                    403,
+                    "wrong-role",
+                    f"a {who.role} token cannot do this; it needs a {' or '.join(allowed)} token",
+                )
+            return who
+
+        return check
+
+    def rules_of_use(who: Caller, purpose: str, consent: str | None) -> ServingModel:
+        if not state.in_force():
+            raise refuse(
+                503, "policy-not-in-force", f"federation policy {state.federation} is not in force today"
+            )
+        if who.member not in state.rules.allowed_members:
+            raise refuse(
+                403,
+                "member-not-allowed",
+                f"{who.member} is not in the federation policy's scoring.allowed_members",
+            )
+        wait = state.limiter.take(who.member)
+        if wait > 0:
+            raise refuse(
+                429,
+                "rate-limited",
+                f"{who.member} is over {state.rules.requests_per_minute} requests a minute",
+                {"Retry-After": retry_after(wait)},
+            )
+        allowed = state.rules.purposes_for(who.member)
+        if purpose not in allowed:
+            raise refuse(
+                403,
+                "purpose-not-allowed",
+                f"purpose {purpose!r} is not allowed for {who.member} (allowed: {', '.join(allowed)})",
+            )
+        if state.rules.require_consent_reference and not consent:
+            raise refuse(
+                403, "consent-required", "the federation policy requires a consent_reference on every query"
+            )
+        serving = state.serving
+        if serving is None:
+            raise refuse(503, "no-model", state.model_problem or "no active model version")
+        return serving
+
+    async def audited(
+        request: Request, who: Caller, action: str, asked: Asked, serving: ServingModel, outcome: str = ""
+    ) -> int:
+        query = AuditQuery(
+            member=who.member,
+            action=action,
+            purpose=asked.purpose,
+            consent_reference=asked.consent or "",
+            model_version=f"{state.federation}/{serving.version.label}",
+            model_sha256=serving.version.model_sha256,
+            policy_sha256=state.policy.sha256,
+            input_sha256=hashlib.sha256(await request.body()).hexdigest(),
+            applicants=len(asked.applicants),
+            outcome=outcome,
+        )
+        try:
+            return await state.writer.submit(query)
+        except AuditUnavailable:
+            raise refuse(
+                503,
+                "audit-unavailable",
+                "the query could not be recorded in the audit log, so nothing was scored; retry later",
+                {"Retry-After": "1"},
+            ) from None
+
+    def served(serving: ServingModel, seq: int) -> dict[str, Any]:
+        return {
+            "model": serving.identity(),
+            "federation": state.federation,
+            "federation_policy_sha256": state.policy.sha256,
+            "audit_entry": seq,
+        }
+
+    member = Depends(role("member"))
+
+    SingleBody: Any = single_body  # built from the schema: typed for FastAPI, Any for mypy
+    BatchBody: Any = batch_body
+
+    def scored(asked: Asked, who: Caller) -> tuple[ServingModel, EncodedData, Scored]:
+        serving = rules_of_use(who, asked.purpose, asked.consent)
+        data = encode_applicants(asked.applicants, state.schema, serving.model.layout)
+        return serving, data, score_batch(serving, data, state.rules, asked.given)
+
+    @app.post("/v1/scores", response_model=ScoreResponse, responses=problem_responses, tags=["scoring"])
+    async def score_one(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> JSONResponse:
+        """Score one applicant: probability of default, points, grade, four dimension parts, reasons."""
+        asked = Asked.of(body)
+        serving, _, result = scored(asked, who)
+        item = result.items()[0]
+        seq = await audited(request, who, "score", asked, serving, item["grade"])
+        return JSONResponse({**served(serving, seq), "score": item})
+
+    @app.post(
+        "/v1/scores/batch", response_model=BatchScoreResponse, responses=problem_responses, tags=["scoring"]
+    )
+    async def score_many(request: Request, body: BatchBody, who: Annotated[Caller, member]) -> JSONResponse:
+        """Score up to the policy's batch size of applicants in one request (one audit entry)."""
+        asked = Asked.of(body)
+        serving, _, result = scored(asked, who)
+        items = result.items()
+        seq = await audited(request, who, "score.batch", asked, serving)
+        return JSONResponse({**served(serving, seq), "scores": items})
+
+    @app.post("/v1/decisions", response_model=DecisionResponse, responses=problem_responses, tags=["scoring"])
+    async def decision(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> JSONResponse:
+        """Approve, refer or decline one applicant by the policy's cut-offs, with a suggested limit and,
+        unless approved, the strongest reasons against."""
+        asked = Asked.of(body)
+        serving, data, result = scored(asked, who)
+        rules = state.rules.decision
+        requested = raw_values(asked.applicants, rules.limit_feature)[0] if rules.limit_feature else np.nan
+        verdict, limit = decide(float(result.pd[0]), float(requested), rules)
+        adverse: list[dict[str, Any]] = []
+        if verdict != "approve":
+            found = adverse_reasons(serving.model, state.schema, data, limit=MAX_REASONS)
+            adverse = reason_dicts(found, asked.given)[0]
+        seq = await audited(request, who, "decision", asked, serving, verdict)
+        return JSONResponse(
+            {
+                **served(serving, seq),
+                "decision": verdict,
+                "suggested_limit": round(limit, 2),
+                "adverse_reasons": adverse,
+                "score": result.items()[0],
+            }
+        )
+
+    def _summaries(session: Session) -> list[dict[str, Any]]:
+        active = active_version(session, state.federation)
+        return [
+            {**v.summary(), "active": active is not None and v.id == active.id}
+            for v in versions(session, state.federation)
+        ]
+
+    @app.get("/v1/models", response_model=ModelList, responses=problem_responses, tags=["models"])
+    async def list_models(who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        """Every registered version of the federation's model; the active one marked."""
+        with Session(state.engine) as session:
+            return {"federation": state.federation, "versions": _summaries(session)}
+
+    @app.get(
+        "/v1/models/{version}", response_model=ModelCardOut, responses=version_responses, tags=["models"]
+    )
+    async def model_card(version: str, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        """One version: its registry record and its model card."""
+        try:
+            number = parse_version(version)
+            with Session(state.engine) as session:
+                found = get_version(session, state.federation, number)
+                active = active_version(session, state.federation)
+        except RegistryError as exc:
+            raise ProblemError(404, "no-such-version", str(exc)) from None
+        card_file = Path(found.model_path).with_name("model_card.json")
+        card = None
+        if card_file.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                card = json.loads(card_file.read_text(encoding="utf-8"))
+        return {
+            "summary": {**found.summary(), "active": active is not None and active.id == found.id},
+            "card": card,
+        }
+
+    async def change(who: Caller, version: str | None) -> dict[str, Any]:
+        actor = f"admin:{who.member}"
+        try:
+            with Session(state.engine) as session:
+                if version is None:
+                    target = rollback(session, state.federation, actor)
+                else:
+                    target = get_version(session, state.federation, parse_version(version))
+                ServingModel.load(target, state.schema)  # a changed weights file is refused here
+                if version is not None:
+                    promote(session, state.federation, target.version, actor)
+                session.commit()
+        except RegistryError as exc:
+            raise ProblemError(409, "registry-refused", str(exc)) from None
+        except Exception as exc:
+            raise ProblemError(
+                409, "model-refused", f"{type(exc).__name__}: the version's model file is refused"
+            ) from None
+        await asyncio.to_thread(state.refresh_model)
+        with Session(state.engine) as session:
+            return {"federation": state.federation, "versions": _summaries(session)}
+
+    admin = Depends(role("admin"))
+
+    @app.post(
+        "/v1/models/{version}/promote", response_model=ModelList, responses=change_responses, tags=["models"]
+    )
+    async def promote_version(version: str, who: Annotated[Caller, admin]) -> dict[str, Any]:
+        """Make a version the active one (admins)."""
+        return await change(who, version)
+
+    @app.post("/v1/models/rollback", response_model=ModelList, responses=change_responses, tags=["models"])
+    async def rollback_version(who: Annotated[Caller, admin]) -> dict[str, Any]:
+        """Re-activate the version that was active before the current one (admins)."""
+        return await change(who, None)
+
+    @app.get("/v1/queries", response_model=QueryList, responses=problem_responses, tags=["audit"])
+    async def queries(
+        who: Annotated[Caller, Depends(role("member", "auditor"))],
+        member: Annotated[
+            str | None, Query(max_length=200, pattern=NO_NUL, description="Auditors: one member's queries")
+        ] = None,
+        since: Annotated[
+            dt.datetime | None, Query(description="ISO 8601; UTC when no offset is given")
+        ] = None,
+        until: Annotated[
+            dt.datetime | None, Query(description="ISO 8601; UTC when no offset is given")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Query history, newest first: a member sees only its own; an auditor anyone's."""
+        if who.role == "member":
+            if member is not None and member != who.member:
+                raise refuse(403, "not-your-history", f"{who.member} may read only its own query history")
+            member = who.member
+        with Session(state.engine) as session:
+            rows = history(
+                session,
+                member,
+                since=_stamp(since) if since else None,
+                until=_stamp(until) if until else None,
+                limit=limit,
+            )
+        return {
+            "queries": [
+                {
+                    "ts": r.ts,
+                    "member": r.member,
+                    "action": r.action,
+                    "purpose": r.purpose,
+                    "consent_reference": r.consent_reference,
+                    "model_version": r.model_version,
+                    "input_sha256": r.input_sha256,
+                    "applicants": r.applicants,
+                    "audit_entry": r.audit_seq,
+                }
+                for r in rows
+            ]
+        }
+
+    auditor = Depends(role("auditor"))
+
+    @app.get("/v1/audit/entries", response_model=AuditEntries, responses=problem_responses, tags=["audit"])
+    async def audit_entries(
+        who: Annotated[Caller, auditor],
+        member: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+        action: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+        since: Annotated[
+            dt.datetime | None, Query(description="ISO 8601; UTC when no offset is given")
+        ] = None,
+        until: Annotated[
+            dt.datetime | None, Query(description="ISO 8601; UTC when no offset is given")
+        ] = None,
+        after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """The audit trail, oldest first, filtered by member, action and time."""
+        query = (
+            select(AuditEntry)
+            .where(col(AuditEntry.seq) > after_seq)
+            .order_by(col(AuditEntry.seq))
+            .limit(limit)
+        )
+        if member is not None:
+            query = query.where(AuditEntry.actor == f"member:{member}")
+        if action is not None:
+            query = query.where(AuditEntry.action == action)
+        if since is not None:
+            query = query.where(AuditEntry.ts >= _stamp(since))
+        if until is not None:
+            query = query.where(AuditEntry.ts <= _stamp(until))
+        with Session(state.engine) as session:
+            rows = session.exec(query).all()
+        return {"entries": [{**e.body(), "detail": e.body().get("detail"), "hash": e.hash} for e in rows]}
+
+    @app.get(
+        "/v1/audit/verify", response_model=ChainVerification, responses=problem_responses, tags=["audit"]
+    )
+    async def audit_verify(who: Annotated[Caller, auditor]) -> dict[str, Any]:
+        """Walk the whole hash chain and its signed heads with the keys the service trusts."""
+
+        def run() -> Any:
+            with Session(state.engine) as session:
+                return verify_chain(session, state.audit_keys, allow_open_run=True)
+
+        report = await asyncio.to_thread(run)
+        return {
+            "intact": report.ok,
+            "checked": report.checked,
+            "problem": report.problem,
+            "signed_seq": report.signed_seq,
+            "signers": list(report.signers),
+            "unsigned": report.unsigned,
+        }
+
+    @app.get("/v1/policies", response_model=PolicyList, responses=problem_responses, tags=["audit"])
+    async def policies(who: Annotated[Caller, auditor]) -> dict[str, Any]:
+        """The federation policy and the institutions' policies, each with its signature status."""
+        listed = [_status(state.settings.federation_policy, read_public_keys(state.settings.trust))]
+        member_keys = [m.public_key for m in state.policy.members]
+        listed += [_status(path, member_keys) for path in state.institution_policy_files()]
+        return {"policies": listed}
+
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        response_model=Health,
+        response_model_exclude_none=True,
+        responses={503: problem_responses[503]},
+        tags=["operations"],
+    )
+    async def readyz(request: Request) -> Any:
+        """Ready to score: a verified model loaded, the database reachable, the audit writer running."""
+        problem = ""
+        if state.serving is None:
+            problem = state.model_problem
+        elif not state.writer.alive:
+            problem = "the audit writer stopped"
+        elif not await asyncio.to_thread(state.database_ok):
+            problem = "the database cannot be reached"
+        if problem:
+            return problem_response(request, 503, "not-ready", problem)
+        assert state.serving is not None
+        return {"status": "ready", "model_version": state.serving.version.label}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    async def metrics() -> str:
+        """Prometheus metrics: requests, latency, refusals, audit commit lag and backlog."""
+        return state.metrics.exposition(state.writer.backlog)
+
+    return app
+
+
+def _stamp(when: dt.datetime) -> str:
+    """A filter time as the audit log and query records write theirs (UTC, sortable text)."""
+    return utc_stamp(when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC))
+
+
+def _status(path: Any, trusted: list[str] | tuple[str, ...]) -> PolicyStatus:
+    try:
+        verified = verify_policy(path, trusted)
+    except (PolicyError, OSError) as exc:
+        return PolicyStatus(
+            file=str(getattr(path, "name", path)),
+            kind="unknown",
+            id=None,
+            version=None,
+            sha256=None,
+            status="refused",
+            detail=str(exc).splitlines()[0],
+        )
+    policy = verified.policy
+    return PolicyStatus(
+        file=str(getattr(path, "name", path)),
+        kind=policy.kind,
+        id=policy.header.id,
+        version=policy.header.version,
+        sha256=policy.sha256,
+        status="valid",
+        detail=f"signed by key {key_id(verified.signed_by)}; in force {policy.header.effective}..{policy.header.expires}",
+    )

@@ -1,0 +1,78 @@
+"""Members score and decide over HTTP; every answer names its model and policy and has its audit entry."""
+
+from __future__ import annotations
+
+import math
+
+from sqlmodel import Session, select
+
+from policies.audit import AuditEntry, create_audit_engine
+from policies.query_log import QueryRecord
+
+from .conftest import COUPLE, FEDERATION, body
+
+
+def test_a_member_scores_the_couple_and_the_query_is_on_record(start_service) -> None:  # type: ignore[no-untyped-def]
+    service = start_service()
+    response = service.client.post("/v1/scores", json=body(), headers=service.headers("national_bank"))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    score = answer["score"]
+    assert answer["federation"] == FEDERATION and answer["model"]["version"] == "v1"
+    assert len(answer["federation_policy_sha256"]) == 64
+    assert 0 < score["probability_of_default"] < 1 and score["grade"] in "ABCDE"
+    total = sum(score["contributions"].values())
+    assert math.isclose(total, score["logit"] - score["baseline"], abs_tol=1e-5)
+    assert 1 <= len(score["reasons"]) <= 4
+    weights = [abs(r["effect"]) for r in score["reasons"]]
+    assert weights == sorted(weights, reverse=True)
+    with Session(create_audit_engine(service.url)) as session:
+        entry = session.exec(select(AuditEntry).where(AuditEntry.seq == answer["audit_entry"])).one()
+        record = session.exec(select(QueryRecord).where(QueryRecord.audit_seq == entry.seq)).one()
+    assert entry.actor == "member:national_bank" and entry.action == "query.score"
+    assert "grocery" not in entry.detail and "52000" not in entry.detail  # digests, never the input
+    assert record.purpose == "credit_underwriting" and record.consent_reference == "consent-1"
+    assert record.input_sha256 == entry.input_sha256 and len(entry.input_sha256) == 64
+
+
+def test_a_batch_is_scored_in_one_audited_query(start_service) -> None:  # type: ignore[no-untyped-def]
+    service = start_service()
+    applicants = [{**COUPLE, "business_id": f"b{i}", "cashflow_volatility": 0.1 * i} for i in range(25)]
+    response = service.client.post(
+        "/v1/scores/batch",
+        json={"purpose": "risk_monitoring", "consent_reference": "c", "applicants": applicants},
+        headers=service.headers("online_bank"),
+    )
+    assert response.status_code == 200, response.text
+    scores = response.json()["scores"]
+    assert [s["id"] for s in scores] == [f"b{i}" for i in range(25)]
+    single = service.client.post(
+        "/v1/scores", json=body(applicants[7]), headers=service.headers("online_bank")
+    ).json()["score"]
+    assert math.isclose(single["logit"], scores[7]["logit"], abs_tol=1e-6)
+
+
+def test_a_decision_follows_the_policy_cut_offs(start_service) -> None:  # type: ignore[no-untyped-def]
+    service = start_service()
+    good = service.client.post("/v1/decisions", json=body(), headers=service.headers("national_bank")).json()
+    risky_applicant = {
+        **COUPLE,
+        "bureau_delinquencies_24m": 12,
+        "credit_utilization": 1.9,
+        "tax_compliance_rate": 0.1,
+        "utility_ontime_rate": 0.1,
+        "cashflow_volatility": 5.0,
+        "settlement_regularity": 0.1,
+    }
+    risky = service.client.post(
+        "/v1/decisions", json=body(risky_applicant), headers=service.headers("national_bank")
+    ).json()
+    for answer in (good, risky):
+        pd_ = answer["score"]["probability_of_default"]
+        expected = "approve" if pd_ < 0.03 else "decline" if pd_ >= 0.10 else "refer"
+        assert answer["decision"] == expected
+    assert good["score"]["probability_of_default"] < risky["score"]["probability_of_default"]
+    assert risky["decision"] in ("refer", "decline") and risky["adverse_reasons"]
+    assert all(r["direction"] == "raises_risk" for r in risky["adverse_reasons"])
+    if good["decision"] == "approve":
+        assert good["suggested_limit"] == 100000 and good["adverse_reasons"] == []

@@ -1,0 +1,100 @@
+"""`fedcredit keys issue` and `fedcredit serve` as real processes: uvicorn on loopback, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import TRUST, body, register_model, write_policy
+
+FEDCREDIT = str(Path(sys.executable).with_name("fedcredit"))
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FEDCREDIT, *args], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
+    policy = write_policy(tmp_path)
+    register_model(db_url, trained, tmp_path / "runs")
+    common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", db_url]
+    issued = _run("keys", "issue", "--member", "national_bank", "--role", "member", *common, env=env)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip().splitlines()[-1]
+    assert token.startswith("fck_")
+    refused = _run("keys", "issue", "--member", "coastal_credit_union", "--role", "member", *common, env=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "allowed_members" in refused.stderr
+
+    port = _port()
+    key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
+    server = subprocess.Popen(
+        [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(300):
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the service never became ready")
+            document = http.get("/openapi.json").json()
+            assert document["openapi"].startswith("3.1")
+            decided = http.post("/v1/decisions", json=body(), headers={"Authorization": f"Bearer {token}"})
+            assert decided.status_code == 200, decided.text
+            assert decided.json()["decision"] in ("approve", "refer", "decline")
+            assert "fedcredit_audited_queries_total 1" in http.get("/metrics").text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode in (0, -signal.SIGTERM)
+
+
+def test_serve_refuses_a_tampered_policy_in_one_line(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path)
+    policy.write_text(policy.read_text().replace("max_batch = 10000", "max_batch = 20000"))
+    env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
+    key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
+    done = _run(
+        "serve",
+        "--federation-policy",
+        str(policy),
+        "--trust",
+        str(TRUST),
+        "--coordinator-key",
+        str(key),
+        "--allow-demo-keys",
+        "--port",
+        str(_port()),
+        env=env,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    )
