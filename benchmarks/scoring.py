@@ -272,27 +272,25 @@ async def batches(port: int, raw: bytes, count: int) -> float:
         conn.close()
 
 
-def in_process(rows: list[dict[str, Any]], policy: Path, model_path: Path) -> float:
+def in_process(rows: list[dict[str, Any]], policy: Path, url: str) -> float:
     """Applicants per second scored with reasons, from validated requests, without HTTP or audit."""
     from coordinator.service.applicants import applicant_model, encode_applicants
-    from coordinator.service.scorer import score_batch
-    from federation.model import load_model
+    from coordinator.service.scorer import ServingModel, score_batch
+    from policies.registry import active_version
 
     schema = resolve_schema("sme")
+    federation = load_policy(policy)
+    with Session(create_audit_engine(url)) as session:
+        version = active_version(session, federation.header.id)
+    assert version is not None
+    serving = ServingModel.load(version, schema)
     model_class = applicant_model(schema)
-    parsed = [model_class.model_validate(r) for r in rows]
-    model, _ = load_model(model_path)
-    rules = load_policy(policy).scoring  # type: ignore[union-attr]
-
-    class Serving:  # what score_batch reads of a ServingModel
-        pass
-
-    serving: Any = Serving()
-    serving.model, serving.schema = model, schema
+    rules = federation.scoring  # type: ignore[union-attr]
     best = 0.0
     for _ in range(3):
         started = time.perf_counter()
-        data = encode_applicants(parsed, schema, model.layout)
+        parsed = [model_class.model_validate(r) for r in rows]
+        data = encode_applicants(parsed, schema, serving.model.layout)
         score_batch(serving, data, rules, [p.__dict__ for p in parsed]).items()
         best = max(best, len(rows) / (time.perf_counter() - started))
     return best
@@ -388,7 +386,7 @@ def main() -> None:
                 select(func.count()).select_from(AuditEntry).where(AuditEntry.action.startswith("query."))
             ).one()  # type: ignore[attr-defined]
         expected = 300 + args.requests + int(200.0 * args.seconds) + args.batches
-        process_rate = in_process(batch_rows, policy, folder / "run" / "model.pt")
+        process_rate = in_process(batch_rows, policy, url)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     figures = {

@@ -130,4 +130,5 @@ def apply_federation_policy(
         members=data_holders(policy),
         federation_policy_sha256=policy.sha256,
         federation_id=policy.header.id,
+        approve_below_pd=policy.scoring.decision.approve_below,
     )

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import torch
@@ -122,21 +122,39 @@ def _check_layout(model: FourDimensionModel, data: EncodedData) -> None:
         )
 
 
-@torch.no_grad()
-def feature_effects(model: FourDimensionModel, data: EncodedData, batch: int = EFFECT_BATCH) -> np.ndarray:
+def feature_effects(
+    model: FourDimensionModel,
+    data: EncodedData,
+    batch: int = EFFECT_BATCH,
+    baselines: tuple[int, ...] | None = None,
+) -> np.ndarray:
     """Every feature's effect on every applicant's logit, shape (rows, features), layout order.
 
     ``effects[i, j] = logit(x_i) - logit(x_i with feature j at its baseline)``: positive when
-    the applicant's value raises the risk. Float64; batched, no per-row Python.
+    the applicant's value raises the risk. Float64; batched, no per-row Python. ``baselines``
+    (from :func:`categorical_baselines`) saves finding them again for a model that does not change.
     """
+    return towers_and_effects(model, data, batch, baselines)[1]
+
+
+@torch.inference_mode()
+def towers_and_effects(
+    model: FourDimensionModel,
+    data: EncodedData,
+    batch: int = EFFECT_BATCH,
+    baselines: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each tower's raw output (rows, dimensions), as ``model.raw_contributions`` gives it, and
+    :func:`feature_effects`, from one pass: scoring with reasons runs every tower once per copy."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     _check_layout(model, data)
     model.eval()
     layout = model.layout
     n_num = len(layout.numeric)
-    baselines = torch.tensor(categorical_baselines(model), dtype=torch.long)
+    codes = torch.tensor(categorical_baselines(model) if baselines is None else baselines, dtype=torch.long)
     effects = np.zeros((len(data), layout.width), dtype=np.float64)
+    towers = np.zeros((len(data), len(model.dimensions)), dtype=np.float64)
     numeric_all = torch.from_numpy(data.numeric)
     categorical_all = torch.from_numpy(data.categorical)
     for start in range(0, len(data), batch):
@@ -144,18 +162,19 @@ def feature_effects(model: FourDimensionModel, data: EncodedData, batch: int = E
         rows = stop - start
         z, missing = _normalized(model, numeric_all[start:stop])
         cat = categorical_all[start:stop]
-        for dim, (num_idx, cat_idx) in _tower_features(layout).items():
+        for d, (dim, (num_idx, cat_idx)) in enumerate(_tower_features(layout).items()):
             copies = 1 + len(num_idx) + len(cat_idx)  # copy 0: the applicants as they are
             zz, mm, cc = z.repeat(copies, 1), missing.repeat(copies, 1), cat.repeat(copies, 1)
             for slot, j in enumerate(num_idx, start=1):
                 zz[slot * rows : (slot + 1) * rows, j] = 0.0
                 mm[slot * rows : (slot + 1) * rows, j] = 0.0
             for slot, j in enumerate(cat_idx, start=1 + len(num_idx)):
-                cc[slot * rows : (slot + 1) * rows, j] = baselines[j]
-            out = model.towers[dim](zz, mm, cc).double().view(copies, rows).numpy()
+                cc[slot * rows : (slot + 1) * rows, j] = codes[j]
+            out = model.towers[dim](zz, mm, cc).view(copies, rows).numpy()
+            towers[start:stop, d] = out[0]
             columns = num_idx + [n_num + j for j in cat_idx]
-            effects[start:stop, columns] = (out[0] - out[1:]).T
-    return effects
+            effects[start:stop, columns] = (out[0].astype(np.float64) - out[1:]).T
+    return towers, effects
 
 
 def _subject(column: Column) -> str:
@@ -197,7 +216,7 @@ def _decoder(column: Column) -> Callable[[float], float | int | str | None]:
         return lambda v: labels[int(v)]
     if column.type is ColumnType.BINARY:
         return lambda v: None if v != v else int(v)
-    return lambda v: None if v != v else float(f"{v:.7g}")
+    return lambda v: None if v != v else v  # already rounded to float32's digits
 
 
 def _leaders_first(strength: np.ndarray, dimension_of: np.ndarray, limit: int) -> np.ndarray:
@@ -219,15 +238,30 @@ def _leaders_first(strength: np.ndarray, dimension_of: np.ndarray, limit: int) -
     return np.take_along_axis(chosen, np.lexsort((chosen, -ranked), axis=1), axis=1)
 
 
-def _rank(
+def _significant(values: np.ndarray, digits: int = 7) -> np.ndarray:
+    """``values`` rounded to ``digits`` significant digits (float32 holds about 7), NaN kept."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(values)))
+    magnitude = np.where(np.isfinite(magnitude), magnitude, 0.0)
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return np.round(values * scale) / scale
+
+
+def reason_records(
     model: FourDimensionModel,
     schema: Schema,
     data: EncodedData,
-    effects: np.ndarray | None,
-    limit: int,
-    adverse: bool,
-    lead_per_dimension: bool = False,
-) -> list[list[Reason]]:
+    effects: np.ndarray | None = None,
+    limit: int = 4,
+    *,
+    adverse: bool = False,
+    given: list[dict[str, Any]] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """:func:`reason_codes` (or with ``adverse``, :func:`adverse_reasons`) as JSON-ready dicts, fast.
+
+    With ``given`` (each applicant's fields as sent) a reason's ``value`` is the value sent; else it
+    is recovered from the encoded data (a ``logit`` rate only within its clip).
+    """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
     _check_layout(model, data)
@@ -244,7 +278,14 @@ def _rank(
     columns = [schema.column(n) for n in names]
     dimensions = [d.value for d in layout.numeric_dimensions + layout.categorical_dimensions]
 
-    # each (row, feature) as a state: numeric 0 low / 1 high / 2 missing; categorical: its code
+    strength = np.where(effects > 0, effects, 0.0) if adverse else np.abs(effects)
+    if adverse:
+        order = np.argsort(-strength, axis=1, kind="stable")[:, :limit]  # stable: ties in feature order
+    else:
+        order = _leaders_first(strength, np.asarray(dimensions), limit)
+    kept = (np.take_along_axis(strength, order, axis=1) >= MIN_EFFECT).sum(axis=1).tolist()
+
+    # each chosen (row, feature) as a state: numeric 0 low / 1 high / 2 missing; categorical: its code
     n_num = len(layout.numeric)
     mean = model.mean.detach().cpu().numpy()
     state = np.empty((len(data), len(names)), dtype=np.int64)
@@ -257,40 +298,48 @@ def _rank(
         else [f"{_subject(c)}: not reported", *(f"{_subject(c)}: {k}" for k in c.categories)]
         for j, c in enumerate(columns)
     ]
-    decoders = [_decoder(c) for c in columns]
-    given = np.concatenate(
-        [_given(data.numeric, columns[:n_num]), data.categorical.astype(np.float64)], axis=1
-    )
-
-    strength = np.where(effects > 0, effects, 0.0) if adverse else np.abs(effects)
-    if lead_per_dimension:
-        order = _leaders_first(strength, np.asarray(dimensions), limit)
-    else:
-        order = np.argsort(-strength, axis=1, kind="stable")[:, :limit]  # stable: ties in feature order
-    kept = (np.take_along_axis(strength, order, axis=1) >= MIN_EFFECT).sum(axis=1)
-    chosen = np.take_along_axis(effects, order, axis=1).tolist()
     chosen_state = np.take_along_axis(state, order, axis=1).tolist()
-    chosen_given = np.take_along_axis(given, order, axis=1).tolist()
-    result: list[list[Reason]] = []
-    for features, count, row_effects, row_states, row_given in zip(
-        order.tolist(), kept.tolist(), chosen, chosen_state, chosen_given, strict=True
-    ):
-        result.append(
-            [
-                Reason(
-                    feature=names[j],
-                    dimension=dimensions[j],
-                    direction=RAISES_RISK if effect > 0 else LOWERS_RISK,
-                    effect=effect,
-                    value=decoders[j](v),
-                    text=texts[j][state_j],
-                )
-                for j, effect, state_j, v in zip(
-                    features[:count], row_effects[:count], row_states[:count], row_given[:count], strict=True
-                )
-            ]
+    chosen_effects = np.take_along_axis(effects, order, axis=1).tolist()
+    if given is None:
+        recovered = np.concatenate(
+            [_significant(_given(data.numeric, columns[:n_num])), data.categorical.astype(np.float64)], axis=1
         )
-    return result
+        decoders = [_decoder(c) for c in columns]
+        chosen_values = np.take_along_axis(recovered, order, axis=1).tolist()
+        values = [
+            [decoders[j](v) for j, v in zip(row, vals, strict=True)]
+            for row, vals in zip(order.tolist(), chosen_values, strict=True)
+        ]
+    else:
+        values = [[g.get(names[j]) for j in row] for row, g in zip(order.tolist(), given, strict=True)]
+    return [
+        [
+            {
+                "feature": names[j],
+                "dimension": dimensions[j],
+                "direction": RAISES_RISK if e > 0 else LOWERS_RISK,
+                "effect": e,
+                "value": v,
+                "text": texts[j][st],
+            }
+            for j, e, st, v in zip(row[:count], eff[:count], sts[:count], vals[:count], strict=True)
+        ]
+        for row, count, eff, sts, vals in zip(
+            order.tolist(), kept, chosen_effects, chosen_state, values, strict=True
+        )
+    ]
+
+
+def _rank(
+    model: FourDimensionModel,
+    schema: Schema,
+    data: EncodedData,
+    effects: np.ndarray | None,
+    limit: int,
+    adverse: bool,
+) -> list[list[Reason]]:
+    records = reason_records(model, schema, data, effects, limit, adverse=adverse)
+    return [[Reason(**r) for r in row] for row in records]
 
 
 def reason_codes(
@@ -308,7 +357,7 @@ def reason_codes(
     below ``MIN_EFFECT`` is no reason. ``effects``, from :func:`feature_effects`, saves computing
     them again.
     """
-    return _rank(model, schema, data, effects, limit, adverse=False, lead_per_dimension=True)
+    return _rank(model, schema, data, effects, limit, adverse=False)
 
 
 def adverse_reasons(

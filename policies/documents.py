@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -557,7 +558,7 @@ def _grades(decision: _Reader) -> tuple[float, ...]:
         if isinstance(v, bool) or not isinstance(v, int | float) or _probability(v) is not None:
             raise decision.fail("grades", f"every bound must be a probability between 0 and 1, got {v!r}")
         bounds.append(float(v))
-    if any(later <= earlier for earlier, later in zip(bounds, bounds[1:], strict=False)):
+    if any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
         raise decision.fail("grades", "bounds must increase")
     return tuple(bounds)
 

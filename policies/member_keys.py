@@ -74,7 +74,7 @@ def check_holder(policy: FederationPolicy, member: str, role: str) -> None:
     if allowed is not None and listed.role not in allowed:
         raise TokenError(
             f"{member!r} has the role {listed.role!r} in federation policy {policy.header.id}; "
-            f"a {role} token needs the role {' or '.join(allowed)}"
+            f"{'an' if role[:1] in 'aeiou' else 'a'} {role} token needs the role {' or '.join(allowed)}"
         )
 
 

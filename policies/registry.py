@@ -215,17 +215,31 @@ def promote(session: Session, federation: str, version: int, actor: str) -> Mode
     return target
 
 
+def _active_stack(history: list[ModelActivation]) -> list[int]:
+    """The versions made active one after another, a rollback taking the last one off."""
+    stack: list[int] = []
+    for activation in reversed(history):  # oldest first
+        if activation.action == "rollback":
+            while stack and stack[-1] != activation.version:
+                stack.pop()
+            if not stack:
+                stack.append(activation.version)
+        elif not stack or stack[-1] != activation.version:
+            stack.append(activation.version)
+    return stack
+
+
 def rollback(session: Session, federation: str, actor: str) -> ModelVersion:
-    """Re-activate the version that was active before the current one."""
+    """Re-activate the version that was active before the current one; rolling back again goes
+    further back (promote v1, v2, v3; rollback: v2; rollback: v1)."""
     history = _history(session, federation)
     if not history:
         raise RegistryError(f"federation {federation!r} has no active model version to roll back")
-    current = history[0].version
-    earlier = next((a.version for a in history[1:] if a.version != current), None)
-    if earlier is None:
+    stack = _active_stack(history)
+    if len(stack) < 2:
         raise RegistryError(
-            f"{federation} v{current} is the only version that was ever active: nothing to roll back to"
+            f"{federation} v{stack[-1]} is the first version that was active: nothing to roll back to"
         )
-    target = get_version(session, federation, earlier)
+    target = get_version(session, federation, stack[-2])
     _activate(session, target, "rollback", actor)
     return target

@@ -8,6 +8,7 @@ definition time, and the request bodies are classes built from the dataset schem
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import hashlib
 import json
 import time
@@ -16,17 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from coordinator.service import problems
-from coordinator.service.applicants import encode_applicants, raw_values, request_models
+from coordinator.service.applicants import request_models
 from coordinator.service.audit_writer import AuditUnavailable
-from coordinator.service.audit_writer import Query as AuditQuery
+from coordinator.service.pipeline import Job
 from coordinator.service.problems import ProblemError, problem_response
 from coordinator.service.rate_limit import retry_after
 from coordinator.service.schemas import (
@@ -42,12 +42,10 @@ from coordinator.service.schemas import (
     QueryList,
     ScoreResponse,
 )
-from coordinator.service.scorer import MAX_REASONS, Scored, ServingModel, decide, reason_dicts, score_batch
+from coordinator.service.scorer import ServingModel
 from coordinator.service.settings import ServiceSettings
 from coordinator.service.state import ServiceState
-from federation.loading import EncodedData
-from federation.reasons import adverse_reasons
-from policies.audit import AuditEntry, verify_chain
+from policies.audit import AuditEntry, sign_head, verify_chain
 from policies.documents import PolicyError
 from policies.member_keys import Caller
 from policies.query_log import history, utc_stamp
@@ -114,7 +112,8 @@ class Guard:
         self.state.metrics.request(scope["method"], path, status["code"], time.perf_counter() - started)
 
     async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
-        self.state.metrics.refusal("payload_too_large")
+        self.state.metrics.refusal("payload-too-large")
+        self.state.metrics.request(scope["method"], "unmatched", 413, 0.0)
         response = problem_response(
             str(scope.get("path", "")),
             413,
@@ -141,10 +140,6 @@ class Asked:
         many = body.applicants if hasattr(body, "applicants") else [body.applicant]
         return cls(body.purpose, body.consent_reference, many)
 
-    @property
-    def given(self) -> list[dict[str, Any]]:
-        return [a.__dict__ for a in self.applicants]
-
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     """The service for ``settings``; raises :class:`ServiceError` (one line) if it cannot serve safely."""
@@ -163,14 +158,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             finally:
                 running["lifespans"] -= 1
             return
-        state.writer.start()
+        state.pipeline.start()
         await asyncio.to_thread(state.refresh_model)
         await asyncio.to_thread(state.writer.prune_now)
+        gc.freeze()  # what start-up made lives as long as the service: the collector stops walking it
 
         async def poll() -> None:
             while True:
                 await asyncio.sleep(settings.model_poll_seconds)
                 await asyncio.to_thread(state.refresh_model)
+                await asyncio.to_thread(state.writer.sign_if_behind)
+                await asyncio.to_thread(state.writer.maybe_prune)
 
         poller = asyncio.create_task(poll())
         try:
@@ -180,7 +178,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            await asyncio.to_thread(state.writer.stop)
+            await asyncio.to_thread(state.pipeline.stop)
             state.engine.dispose()
 
     app = FastAPI(
@@ -227,7 +225,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 raise refuse(
                     403,
                     "wrong-role",
-                    f"a {who.role} token cannot do this; it needs a {' or '.join(allowed)} token",
+                    f"{_a(who.role)} token cannot do this; it needs {' or '.join(_a(r) for r in allowed)} token",
                 )
             return who
 
@@ -268,23 +266,27 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise refuse(503, "no-model", state.model_problem or "no active model version")
         return serving
 
-    async def audited(
-        request: Request, who: Caller, action: str, asked: Asked, serving: ServingModel, outcome: str = ""
-    ) -> int:
-        query = AuditQuery(
-            member=who.member,
+    member = Depends(role("member"))
+
+    SingleBody: Any = single_body  # built from the schema: typed for FastAPI, Any for mypy
+    BatchBody: Any = batch_body
+
+    async def answer(request: Request, body: Any, who: Caller, action: str) -> Response:
+        """Check the rules of use, then score and audit in the pipeline; the answer leaves only
+        after its audit entry is committed."""
+        asked = Asked.of(body)
+        serving = rules_of_use(who, asked.purpose, asked.consent)
+        job = Job(
             action=action,
+            serving=serving,
+            applicants=asked.applicants,
+            member=who.member,
             purpose=asked.purpose,
             consent_reference=asked.consent or "",
-            model_version=f"{state.federation}/{serving.version.label}",
-            model_sha256=serving.version.model_sha256,
-            policy_sha256=state.policy.sha256,
             input_sha256=hashlib.sha256(await request.body()).hexdigest(),
-            applicants=len(asked.applicants),
-            outcome=outcome,
         )
         try:
-            return await state.writer.submit(query)
+            content = await state.pipeline.run(job)
         except AuditUnavailable:
             raise refuse(
                 503,
@@ -292,68 +294,25 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "the query could not be recorded in the audit log, so nothing was scored; retry later",
                 {"Retry-After": "1"},
             ) from None
-
-    def served(serving: ServingModel, seq: int) -> dict[str, Any]:
-        return {
-            "model": serving.identity(),
-            "federation": state.federation,
-            "federation_policy_sha256": state.policy.sha256,
-            "audit_entry": seq,
-        }
-
-    member = Depends(role("member"))
-
-    SingleBody: Any = single_body  # built from the schema: typed for FastAPI, Any for mypy
-    BatchBody: Any = batch_body
-
-    def scored(asked: Asked, who: Caller) -> tuple[ServingModel, EncodedData, Scored]:
-        serving = rules_of_use(who, asked.purpose, asked.consent)
-        data = encode_applicants(asked.applicants, state.schema, serving.model.layout)
-        return serving, data, score_batch(serving, data, state.rules, asked.given)
+        return Response(content, media_type="application/json")
 
     @app.post("/v1/scores", response_model=ScoreResponse, responses=problem_responses, tags=["scoring"])
-    async def score_one(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> JSONResponse:
+    async def score_one(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> Response:
         """Score one applicant: probability of default, points, grade, four dimension parts, reasons."""
-        asked = Asked.of(body)
-        serving, _, result = scored(asked, who)
-        item = result.items()[0]
-        seq = await audited(request, who, "score", asked, serving, item["grade"])
-        return JSONResponse({**served(serving, seq), "score": item})
+        return await answer(request, body, who, "score")
 
     @app.post(
         "/v1/scores/batch", response_model=BatchScoreResponse, responses=problem_responses, tags=["scoring"]
     )
-    async def score_many(request: Request, body: BatchBody, who: Annotated[Caller, member]) -> JSONResponse:
+    async def score_many(request: Request, body: BatchBody, who: Annotated[Caller, member]) -> Response:
         """Score up to the policy's batch size of applicants in one request (one audit entry)."""
-        asked = Asked.of(body)
-        serving, _, result = scored(asked, who)
-        items = result.items()
-        seq = await audited(request, who, "score.batch", asked, serving)
-        return JSONResponse({**served(serving, seq), "scores": items})
+        return await answer(request, body, who, "score.batch")
 
     @app.post("/v1/decisions", response_model=DecisionResponse, responses=problem_responses, tags=["scoring"])
-    async def decision(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> JSONResponse:
+    async def decision(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> Response:
         """Approve, refer or decline one applicant by the policy's cut-offs, with a suggested limit and,
         unless approved, the strongest reasons against."""
-        asked = Asked.of(body)
-        serving, data, result = scored(asked, who)
-        rules = state.rules.decision
-        requested = raw_values(asked.applicants, rules.limit_feature)[0] if rules.limit_feature else np.nan
-        verdict, limit = decide(float(result.pd[0]), float(requested), rules)
-        adverse: list[dict[str, Any]] = []
-        if verdict != "approve":
-            found = adverse_reasons(serving.model, state.schema, data, limit=MAX_REASONS)
-            adverse = reason_dicts(found, asked.given)[0]
-        seq = await audited(request, who, "decision", asked, serving, verdict)
-        return JSONResponse(
-            {
-                **served(serving, seq),
-                "decision": verdict,
-                "suggested_limit": round(limit, 2),
-                "adverse_reasons": adverse,
-                "score": result.items()[0],
-            }
-        )
+        return await answer(request, body, who, "decision")
 
     def _summaries(session: Session) -> list[dict[str, Any]]:
         active = active_version(session, state.federation)
@@ -401,6 +360,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 ServingModel.load(target, state.schema)  # a changed weights file is refused here
                 if version is not None:
                     promote(session, state.federation, target.version, actor)
+                sign_head(session, state.key)  # the change is covered by a signed head at once
                 session.commit()
         except RegistryError as exc:
             raise ProblemError(409, "registry-refused", str(exc)) from None
@@ -528,9 +488,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/v1/policies", response_model=PolicyList, responses=problem_responses, tags=["audit"])
     async def policies(who: Annotated[Caller, auditor]) -> dict[str, Any]:
         """The federation policy and the institutions' policies, each with its signature status."""
-        listed = [_status(state.settings.federation_policy, read_public_keys(state.settings.trust))]
-        member_keys = [m.public_key for m in state.policy.members]
-        listed += [_status(path, member_keys) for path in state.institution_policy_files()]
+        federation_keys = read_public_keys(state.settings.trust)
+        listed = [_status(state.settings.federation_policy, federation_keys)]
+        # an institution's policy is signed by its member key; a federation policy by the consortium
+        member_keys = [*(m.public_key for m in state.policy.members), *federation_keys]
+        ours = state.settings.federation_policy.resolve()
+        listed += [
+            _status(path, member_keys) for path in state.institution_policy_files() if path.resolve() != ours
+        ]
         return {"policies": listed}
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["operations"])
@@ -546,12 +511,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         tags=["operations"],
     )
     async def readyz(request: Request) -> Any:
-        """Ready to score: a verified model loaded, the database reachable, the audit writer running."""
+        """Ready to score: a verified model loaded, the database reachable, the scoring pipeline running."""
         problem = ""
         if state.serving is None:
             problem = state.model_problem
-        elif not state.writer.alive:
-            problem = "the audit writer stopped"
+        elif not state.pipeline.alive:
+            problem = "the scoring pipeline stopped"
         elif not await asyncio.to_thread(state.database_ok):
             problem = "the database cannot be reached"
         if problem:
@@ -562,9 +527,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     async def metrics() -> str:
         """Prometheus metrics: requests, latency, refusals, audit commit lag and backlog."""
-        return state.metrics.exposition(state.writer.backlog)
+        return state.metrics.exposition(state.pipeline.backlog)
 
     return app
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an auditor", "a member"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _stamp(when: dt.datetime) -> str:

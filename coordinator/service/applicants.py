@@ -99,13 +99,3 @@ def encode_applicants(applicants: list[BaseModel], schema: Schema, layout: Featu
         categorical[:, j] = [codes.get(r[name], 0) for r in rows]
     ids = np.array([r[schema.id_column] for r in rows], dtype=object)
     return EncodedData(ids=ids, numeric=numeric, categorical=categorical, label=None, layout=layout)
-
-
-def raw_values(applicants: list[BaseModel], name: str) -> np.ndarray:
-    """One field of every applicant as floats (nan when missing or not a number)."""
-    out = np.full(len(applicants), np.nan)
-    for i, a in enumerate(applicants):
-        v = a.__dict__.get(name)
-        if isinstance(v, int | float):
-            out[i] = float(v)
-    return out

@@ -1,36 +1,31 @@
-"""Group commit: every query's audit entry is committed before its answer leaves, many per transaction.
+"""The audit side of a query: its entry and its record, many queries per transaction (group commit).
 
-Request handlers hand a :class:`Query` to :meth:`AuditWriter.submit` and await it. One
-writer thread takes whatever is queued (up to ``max_batch``), appends the entries to the
-hash chain and their query records in one transaction, signs the new head, commits, and
-only then releases the waiting requests. A failed commit fails every request of that
-batch: no score without its committed entry.
+:class:`AuditWriter` appends a batch of queries to the hash chain and their records in one
+transaction, signs the new head and commits; the scoring pipeline (:mod:`.pipeline`) releases
+no answer before that commit returns. A failed commit fails every query of the batch: no score
+without its committed entry.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
+import hashlib
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, func, select
 
-from policies.audit import last_entry, lock_chain, new_entry, sign_head
+from policies.audit import AuditEntry, SignedHead, chained_rows, last_entry, lock_chain, sign_head
 from policies.query_log import QueryRecord, prune, utc_stamp
 
 log = logging.getLogger("fedcredit.service")
 PRUNE_EVERY_S = 3600.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Query:
     """One scoring query as the audit log and the query record keep it (never the input itself)."""
 
@@ -39,13 +34,10 @@ class Query:
     purpose: str
     consent_reference: str
     model_version: str
-    model_sha256: str
     policy_sha256: str
     input_sha256: str
     applicants: int
-    outcome: str = ""  # e.g. a decision
-    future: asyncio.Future[int] | None = field(default=None, repr=False)
-    queued_at: float = field(default_factory=time.perf_counter)
+    outcome: str = ""  # e.g. a grade or a decision
 
 
 class AuditUnavailable(Exception):
@@ -53,124 +45,86 @@ class AuditUnavailable(Exception):
 
 
 class AuditWriter:
-    def __init__(
-        self,
-        engine: Engine,
-        key: Ed25519PrivateKey,
-        retention_days: int,
-        max_batch: int = 256,
-        on_commit: Callable[[int, float], None] | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, key: Ed25519PrivateKey, retention_days: int) -> None:
         self.engine = engine
         self.key = key
         self.retention_days = retention_days
-        self.max_batch = max_batch
-        self.on_commit = on_commit  # (entries, seconds from the oldest's arrival to its commit)
-        self._queue: queue.Queue[Query | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._last_prune = 0.0
         self.failures = 0
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()
-
-    async def submit(self, query: Query) -> int:
-        """Queue ``query`` and wait until its entry is committed; returns the entry's number."""
-        loop = asyncio.get_running_loop()
-        query.future = loop.create_future()
-        self._queue.put(query)
-        return await query.future
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._commit(batch)
-                    return
-                batch.append(item)
-            self._commit(batch)
-            self._maybe_prune()
-
-    def _commit(self, batch: list[Query]) -> None:
+    def write(self, batch: list[Query]) -> list[int]:
+        """Commit ``batch``'s entries and records; their entry numbers. Raises :class:`AuditUnavailable`."""
         try:
-            seqs = self._write(batch)
-        except Exception as exc:  # a database failure: every waiting request fails, nothing is served
+            return self._write(batch)
+        except Exception as exc:  # a database failure: the caller serves nothing of this batch
             self.failures += 1
             log.error("audit commit of %d queries failed: %s", len(batch), type(exc).__name__)
-            for q in batch:
-                _resolve(q, error=AuditUnavailable(type(exc).__name__))
-            return
-        if self.on_commit is not None:
-            self.on_commit(len(batch), time.perf_counter() - min(q.queued_at for q in batch))
-        for q, seq in zip(batch, seqs, strict=True):
-            _resolve(q, seq=seq)
+            raise AuditUnavailable(type(exc).__name__) from None
+
+    def sign_if_behind(self) -> None:
+        """Sign the chain head when entries were appended after the last signed head (e.g. a model
+        promoted or a token issued from the command line), so the log verifies without waiting
+        for the next query."""
+        try:
+            with Session(self.engine) as session:
+                lock_chain(session)
+                last = last_entry(session)
+                signed = session.exec(select(func.max(SignedHead.seq))).one()
+                if last is not None and (signed or 0) < last[0]:
+                    sign_head(session, self.key)
+                    session.commit()
+        except Exception as exc:
+            log.error("signing the audit head failed: %s", type(exc).__name__)
 
     def _write(self, batch: list[Query]) -> list[int]:
         with Session(self.engine) as session:
             lock_chain(session)
-            after = last_entry(session)
-            entries, records = [], []
+            rows = chained_rows(
+                last_entry(session),
+                [
+                    {
+                        "actor": f"member:{q.member}",
+                        "action": f"query.{q.action}",
+                        "resource": q.model_version,
+                        "decision": q.outcome,
+                        "policy_sha256": q.policy_sha256,
+                        "input_sha256": q.input_sha256,
+                        "detail": {
+                            "purpose": q.purpose,
+                            "consent_sha256": _digest(q.consent_reference),
+                            "model_version": q.model_version,
+                            "applicants": q.applicants,
+                        },
+                    }
+                    for q in batch
+                ],
+            )
+            connection = session.connection()  # Core executemany: no ORM object per row
+            connection.execute(AuditEntry.__table__.insert(), rows)  # type: ignore[attr-defined]
             ts = utc_stamp()
-            for q in batch:
-                detail = {
-                    "purpose": q.purpose,
-                    "consent_reference": q.consent_reference,
-                    "model_version": q.model_version,
-                    "applicants": q.applicants,
-                }
-                entry = new_entry(
-                    after,
-                    actor=f"member:{q.member}",
-                    action=f"query.{q.action}",
-                    resource=q.model_version,
-                    decision=q.outcome,
-                    policy_sha256=q.policy_sha256,
-                    input_sha256=q.input_sha256,
-                    detail=detail,
-                )
-                after = (entry.seq, entry.hash)
-                entries.append(entry)
-                records.append(
-                    QueryRecord(
-                        ts=ts,
-                        member=q.member,
-                        action=q.action,
-                        purpose=q.purpose,
-                        consent_reference=q.consent_reference,
-                        model_version=q.model_version,
-                        input_sha256=q.input_sha256,
-                        applicants=q.applicants,
-                        audit_seq=entry.seq,
-                    )
-                )
-            session.add_all(entries)
-            session.flush()  # the entries first: the signed head must cover rows that exist
-            session.add_all(records)
+            connection.execute(
+                QueryRecord.__table__.insert(),  # type: ignore[attr-defined]
+                [
+                    {
+                        "ts": ts,
+                        "member": q.member,
+                        "action": q.action,
+                        "purpose": q.purpose,
+                        "consent_reference": q.consent_reference,
+                        "model_version": q.model_version,
+                        "input_sha256": q.input_sha256,
+                        "applicants": q.applicants,
+                        "audit_seq": row["seq"],
+                    }
+                    for q, row in zip(batch, rows, strict=True)
+                ],
+            )
             sign_head(session, self.key)
             session.commit()
-            return [e.seq for e in entries]
+            return [row["seq"] for row in rows]
 
-    def _maybe_prune(self) -> None:
+    def maybe_prune(self) -> None:
+        """:meth:`prune_now`, at most once an hour."""
         now = time.monotonic()
         if now - self._last_prune < PRUNE_EVERY_S:
             return
@@ -189,19 +143,6 @@ class AuditWriter:
             return 0
 
 
-def _resolve(q: Query, *, seq: int = 0, error: Exception | None = None) -> None:
-    future = q.future
-    if future is None:
-        return
-    loop = future.get_loop()
-
-    def settle() -> None:
-        if future.done():  # the request went away (client disconnected)
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(seq)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-        loop.call_soon_threadsafe(settle)
+def _digest(consent_reference: str) -> str:
+    """The audit chain keeps a consent reference's sha256 (the record, pruned, keeps it in clear)."""
+    return hashlib.sha256(consent_reference.encode("utf-8")).hexdigest() if consent_reference else ""

@@ -108,16 +108,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return problem_response(request, 422, "invalid-input", "the request body is not valid JSON")
         errors = validation_problems(exc)
         shown = ", ".join(e.field for e in errors[:10]) + (
             f" and {len(errors) - 10} more" if len(errors) > 10 else ""
         )
+        applicants = all(e.field.startswith(("applicant.", "applicants.")) for e in errors)
+        what = "fail the dataset schema" if applicants else "are invalid"
         return problem_response(
-            request,
-            422,
-            "invalid-input",
-            f"{len(errors)} field(s) fail the dataset schema: {shown}",
-            errors=errors,
+            request, 422, "invalid-input", f"{len(errors)} field(s) {what}: {shown}", errors=errors
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from federation.loading import EncodedData
 from federation.model import FourDimensionModel, load_model
 from federation.model_card import ModelCard
-from federation.reasons import Reason, feature_effects, reason_codes
+from federation.reasons import categorical_baselines, reason_records, towers_and_effects
 from federation.schema import Schema
-from federation.scoring import points_from_logit, score
+from federation.scoring import points_from_logit
 from policies.documents import DecisionRules, ScoringRules
 from policies.registry import ModelVersion
 
@@ -29,12 +28,13 @@ class ServingModel:
     model: FourDimensionModel
     card: ModelCard
     schema: Schema
+    baselines: tuple[int, ...]  # each categorical input's baseline category: found once per model
 
     @classmethod
     def load(cls, version: ModelVersion, schema: Schema) -> ServingModel:
         model, card = load_model(version.model_path, expected_sha256=version.model_sha256)
         card.schema(schema, "the service's schema")
-        return cls(version, model, card, schema)
+        return cls(version, model, card, schema, categorical_baselines(model))
 
     def identity(self) -> dict[str, str]:
         return {
@@ -51,26 +51,6 @@ def grades(pd: np.ndarray, rules: DecisionRules) -> list[str]:
     return [letters[i] for i in index.tolist()]
 
 
-def reason_dicts(
-    rows: list[list[Reason]], given: list[dict[str, Any]] | None = None
-) -> list[list[dict[str, Any]]]:
-    """Reasons as JSON; with ``given`` (each applicant's fields as sent) a reason shows the value sent."""
-    return [
-        [
-            {
-                "feature": r.feature,
-                "dimension": r.dimension,
-                "direction": r.direction,
-                "effect": round(r.effect, 6),
-                "value": r.value if given is None else given[i].get(r.feature, r.value),
-                "text": r.text,
-            }
-            for r in row
-        ]
-        for i, row in enumerate(rows)
-    ]
-
-
 @dataclass(frozen=True)
 class Scored:
     """Columns for a batch; ``items()`` gives one JSON-ready dict per applicant."""
@@ -84,6 +64,22 @@ class Scored:
     contributions: np.ndarray
     grades: list[str]
     reasons: list[list[dict[str, Any]]]
+    effects: np.ndarray  # (rows, features): each feature's effect on the logit
+
+    def rows(self, start: int, stop: int) -> Scored:
+        """Rows ``start:stop`` of the batch."""
+        return Scored(
+            ids=self.ids[start:stop],
+            pd=self.pd[start:stop],
+            points=self.points[start:stop],
+            logit=self.logit[start:stop],
+            baseline=self.baseline,
+            dimensions=self.dimensions,
+            contributions=self.contributions[start:stop],
+            grades=self.grades[start:stop],
+            reasons=self.reasons[start:stop],
+            effects=self.effects[start:stop],
+        )
 
     def items(self) -> list[dict[str, Any]]:
         return [
@@ -110,32 +106,34 @@ class Scored:
         ]
 
 
-@torch.no_grad()
 def score_batch(
     serving: ServingModel, data: EncodedData, rules: ScoringRules, given: list[dict[str, Any]] | None = None
 ) -> Scored:
-    result = score(serving.model, data)
-    effects = feature_effects(serving.model, data)
-    reasons = reason_codes(serving.model, serving.schema, data, effects, limit=MAX_REASONS)
+    """Scores, grades and reasons for every row of ``data``: one pass through the towers."""
+    towers, effects = towers_and_effects(serving.model, data, baselines=serving.baselines)
+    reference = serving.model.reference.detach().cpu().numpy().astype(np.float64)
+    contributions = towers - reference
+    baseline = float(reference.sum())
+    logit = contributions.sum(axis=1) + baseline
+    pd_ = 1.0 / (1.0 + np.exp(-logit))
     scale = rules.scale
     return Scored(
         ids=[str(i) for i in data.ids.tolist()],
-        pd=result.probability_of_default,
-        points=points_from_logit(
-            result.logit, scale.base_points, scale.base_odds, scale.points_to_double_odds
-        ),
-        logit=result.logit,
-        baseline=result.baseline,
-        dimensions=result.dimensions,
-        contributions=result.contributions,
-        grades=grades(result.probability_of_default, rules.decision),
-        reasons=reason_dicts(reasons, given),
+        pd=pd_,
+        points=points_from_logit(logit, scale.base_points, scale.base_odds, scale.points_to_double_odds),
+        logit=logit,
+        baseline=baseline,
+        dimensions=tuple(d.value for d in serving.model.dimensions),
+        contributions=contributions,
+        grades=grades(pd_, rules.decision),
+        reasons=reason_records(serving.model, serving.schema, data, effects, MAX_REASONS, given=given),
+        effects=effects,
     )
 
 
 def decide(pd: float, requested: float, rules: DecisionRules) -> tuple[str, float]:
     """approve / refer / decline by the policy's cut-offs, and the suggested limit."""
-    asked = requested if np.isfinite(requested) and requested > 0 else rules.max_limit
+    asked = max(requested, 0.0) if np.isfinite(requested) else rules.max_limit  # none given: the cap
     if pd < rules.approve_below:
         return "approve", float(min(asked, rules.max_limit))
     if pd >= rules.decline_from:

@@ -1,4 +1,4 @@
-"""What the running service holds: the verified policy, the active model, tokens, the audit writer."""
+"""What the running service holds: the verified policy, the active model, tokens, the scoring pipeline."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from coordinator.service.audit_writer import AuditWriter
 from coordinator.service.metrics import Metrics
+from coordinator.service.pipeline import Pipeline, Served
 from coordinator.service.rate_limit import RateLimiter
 from coordinator.service.scorer import ServingModel
 from coordinator.service.settings import ServiceSettings
@@ -122,8 +123,9 @@ class ServiceState:
         self.metrics = Metrics()
         self.limiter = RateLimiter(self.rules.requests_per_minute)
         self.tokens = TokenCache(settings.key_cache_seconds)
-        self.writer = AuditWriter(
-            self.engine, self.key, self.rules.retention_days, settings.audit_batch, self.metrics.committed
+        self.writer = AuditWriter(self.engine, self.key, self.rules.retention_days)
+        self.pipeline = Pipeline(
+            self.rules, self.writer, Served(self.federation, self.policy.sha256), self.metrics.committed
         )
         self.serving: ServingModel | None = None
         self.model_problem = "no model loaded yet"

@@ -132,7 +132,9 @@ def test_refusal_is_visible_and_audited(run: tuple[Path, str]) -> None:
     assert runner.invoke(app, ["audit", "export", "--jsonl", str(out), "--db", db]).exit_code == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     actions = [e["action"] for e in lines]
-    assert actions[0] == "run.start" and actions[-1] == "model.register" and "run.end" in actions
+    assert actions[0] == "run.start" and "run.end" in actions
+    # the run's model is registered, numbered, and (the federation's first) made the active version
+    assert actions[-3:] == ["model.register", "model.version", "model.promote"]
     refused = [e for e in lines if e["action"] == "fit.refused"]
     assert refused and all("coastal_credit_union" in e["resource"] for e in refused)
     assert actions.count("round.end") == 3

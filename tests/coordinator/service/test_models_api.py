@@ -42,6 +42,8 @@ def test_admins_promote_and_roll_back_and_the_service_follows(start_service, tra
 
     promoted = service.client.post("/v1/models/v2/promote", headers=service.headers("coordinator"))
     assert promoted.status_code == 200, promoted.text
+    chain = service.client.get("/v1/audit/verify", headers=service.headers("consortium_auditor")).json()
+    assert chain["intact"] and chain["unsigned"] == 0, chain  # the promotion is signed at once
     _wait_for(service, "v2")
     again = service.client.post("/v1/models/v2/promote", headers=service.headers("coordinator"))
     assert again.status_code == 409 and "already the active version" in again.json()["detail"]
@@ -124,3 +126,12 @@ def test_the_service_does_not_start_on_a_policy_or_key_it_cannot_trust(
     with pytest.raises(ServiceError) as refused:
         ServiceState(ServiceSettings(**settings))  # type: ignore[arg-type]
     assert expected in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_models_commands_say_what_is_missing_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    for args in (["models", "list"], ["models", "show"], ["models", "rollback"], ["models", "promote", "v1"]):
+        result = runner.invoke(app, [*args, "--db", url])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert "no model version yet" in result.stderr

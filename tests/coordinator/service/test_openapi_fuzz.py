@@ -34,21 +34,25 @@ def test_no_5xx_and_every_response_matches_the_document(start_service) -> None: 
     }
     tried: dict[str, set[int]] = {}
     for who in ("national_bank", "consortium_auditor"):
-        headers = service.headers(who)
         for operation in operations:
-
-            @given(case=operation.as_strategy())
-            @settings(
-                max_examples=EXAMPLES_PER_OPERATION,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                derandomize=True,
-                database=None,
-            )
-            def check(case) -> None:  # type: ignore[no-untyped-def]
-                response = case.call_and_validate(headers=headers, checks=CHECKS)
-                tried.setdefault(operation.label, set()).add(response.status_code)
-
-            check()
+            _fuzz(operation, service.headers(who), tried)
     assert 200 in tried["GET /v1/models"] and 200 in tried["GET /v1/audit/entries"]
     assert tried["POST /v1/scores"] & {200, 422}
+
+
+def _fuzz(operation, headers: dict[str, str], tried: dict[str, set[int]]) -> None:  # type: ignore[no-untyped-def]
+    """A bounded number of generated requests to one operation, every response checked."""
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def check(case) -> None:  # type: ignore[no-untyped-def]
+        response = case.call_and_validate(headers=headers, checks=CHECKS)
+        tried.setdefault(operation.label, set()).add(response.status_code)
+
+    check()

@@ -194,7 +194,7 @@ def test_too_large_a_payload_is_413(start_service, tmp_path) -> None:  # type: i
     )
     _problem(response, 413, "payload-too-large")
     metrics = service.client.get("/metrics").text
-    assert 'fedcredit_refusals_total{reason="payload_too_large"} 1' in metrics
+    assert 'fedcredit_refusals_total{reason="payload-too-large"} 1' in metrics
 
 
 def test_a_revoked_token_stops_within_the_cache_time(start_service, tmp_path) -> None:  # type: ignore[no-untyped-def]

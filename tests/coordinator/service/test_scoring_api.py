@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 from sqlmodel import Session, select
@@ -31,6 +33,10 @@ def test_a_member_scores_the_couple_and_the_query_is_on_record(start_service) ->
         record = session.exec(select(QueryRecord).where(QueryRecord.audit_seq == entry.seq)).one()
     assert entry.actor == "member:national_bank" and entry.action == "query.score"
     assert "grocery" not in entry.detail and "52000" not in entry.detail  # digests, never the input
+    detail = json.loads(entry.detail)
+    # the chain keeps the consent reference's digest; the readable record (pruned) keeps it in clear
+    assert "consent-1" not in entry.detail
+    assert detail["consent_sha256"] == hashlib.sha256(b"consent-1").hexdigest()
     assert record.purpose == "credit_underwriting" and record.consent_reference == "consent-1"
     assert record.input_sha256 == entry.input_sha256 and len(entry.input_sha256) == 64
 
@@ -76,3 +82,9 @@ def test_a_decision_follows_the_policy_cut_offs(start_service) -> None:  # type:
     assert all(r["direction"] == "raises_risk" for r in risky["adverse_reasons"])
     if good["decision"] == "approve":
         assert good["suggested_limit"] == 100000 and good["adverse_reasons"] == []
+        nothing = service.client.post(
+            "/v1/decisions",
+            json=body({**COUPLE, "requested_amount": 0}),
+            headers=service.headers("national_bank"),
+        ).json()
+        assert nothing["suggested_limit"] == 0  # an amount of 0 is not "no amount": never the cap
