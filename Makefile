@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fedcredit demo
 
+# two workers, one test file each at a time: module-scoped runs stay shared within their file
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -100,7 +100,7 @@ def score_command(
             write_table(result.frame(), out, force)
         except (FedCreditError, OSError) as exc:
             raise fail(exc) from exc
-        console.print(f"wrote {len(result.ids)} scores to {out}", highlight=False)
+        console.print(f"wrote {len(result.ids)} scores to {out}", highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps({"model": str(model_path), "scores": result.records()}) + "\n")
         return

@@ -50,6 +50,13 @@ class TokenCache:
     _seen: dict[str, tuple[Caller | None, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def peek(self, token: str) -> tuple[bool, Caller | None]:
+        """(True, caller) when ``token`` was checked less than ``seconds`` ago; no database read."""
+        hit = self._seen.get(hashlib.sha256(token.encode()).hexdigest())
+        if hit is not None and hit[1] > time.monotonic():
+            return True, hit[0]
+        return False, None
+
     def get(self, token: str, engine: Engine) -> Caller | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()

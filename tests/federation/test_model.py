@@ -87,9 +87,9 @@ def test_training_lowers_the_loss_and_learns(data: EncodedData) -> None:
 
     model = new_model(data, None, None, 0)
     before = auc(data.label, predict_proba(model, data))
-    train_local(model, data, TrainConfig(epochs=3), seed=0)
+    train_local(model, data, TrainConfig(epochs=5), seed=0)  # 3 epochs leave seeds at 0.65..0.72
     after = auc(data.label, predict_proba(model, data))
-    assert after > 0.7 and after > before
+    assert after > 0.72 and after > before + 0.2
 
 
 def test_fedprox_term_keeps_weights_closer_to_the_start(data: EncodedData) -> None:
