@@ -18,6 +18,7 @@ from policies.cli_options import DbOption, database, database_errors
 models_app = typer.Typer(
     help="The model registry: every federated run's model, and the active version members are scored with.",
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 console = Console()
 

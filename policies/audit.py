@@ -279,18 +279,17 @@ def append(
 ) -> AuditEntry:
     """Add one entry to the chain in ``session``'s transaction; the caller commits."""
     lock_chain(session)
-    last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
-    entry = new_entry(
-        None if last is None else (last.seq, last.hash),
-        actor=actor,
-        action=action,
-        resource=resource,
-        decision=decision,
-        rules=rules,
-        policy_sha256=policy_sha256,
-        input_sha256=input_sha256,
-        detail=detail,
-    )
+    fields = {
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "decision": decision,
+        "rules": rules,
+        "policy_sha256": policy_sha256,
+        "input_sha256": input_sha256,
+        "detail": detail,
+    }
+    entry = AuditEntry(**chained_rows(last_entry(session), [fields])[0])
     session.add(entry)
     session.flush()
     return entry
@@ -300,37 +299,6 @@ def last_entry(session: Session) -> tuple[int, str] | None:
     """The chain's last (seq, hash), or None when it is empty (take :func:`lock_chain` first)."""
     last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
     return None if last is None else (last.seq, last.hash)
-
-
-def new_entry(
-    after: tuple[int, str] | None,
-    *,
-    actor: str,
-    action: str,
-    resource: str,
-    decision: str = "",
-    rules: Sequence[str] = (),
-    policy_sha256: str = "",
-    input_sha256: str = "",
-    detail: dict[str, Any] | None = None,
-) -> AuditEntry:
-    """The entry that follows ``after`` (the previous entry's seq and hash; None: the first), hashed."""
-    entry = AuditEntry(
-        seq=1 if after is None else after[0] + 1,
-        ts=_now(),
-        actor=actor,
-        action=action,
-        resource=resource,
-        decision=decision,
-        rules=json.dumps(list(rules)),
-        policy_sha256=policy_sha256,
-        input_sha256=input_sha256,
-        prev=GENESIS if after is None else after[1],
-        hash="",
-        detail=json.dumps(detail, sort_keys=True, separators=(",", ":")) if detail else "",
-    )
-    entry.hash = entry.compute_hash()
-    return entry
 
 
 def record(engine: Engine, **fields: Any) -> AuditEntry:

@@ -76,7 +76,7 @@ def serve_command(
     # the audit writer waits on the disk and then for the GIL: hand it over sooner than every 5 ms
     sys.setswitchinterval(0.0005)
     console.print(f"scoring service on http://{host}:{port} (OpenAPI at /openapi.json, docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, ws="none")
 
 
 def keys_issue(
