@@ -6,9 +6,11 @@ secure-aggregation mod (SecAgg+) works only with that API.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,8 +74,10 @@ class CreditNodeClient(NumPyClient):
         node_id: int,
         audit_url: str = "",
         dp_seed: int | None = None,
+        policy_sha256: str = "",
     ) -> None:
         self.node = node
+        self.policy_sha256 = policy_sha256  # the policy file the policy guard checks every message against
         self.key = key
         self.node_id = node_id
         self.audit_url = audit_url
@@ -115,7 +119,13 @@ class CreditNodeClient(NumPyClient):
 
     def _metrics(self, signed: SignedRequest, kind: str, round_: int) -> dict[str, Scalar]:
         attestation = Attestation(self.node.institution, signed.digest, kind, round_, self.node_id)
-        return {P.INSTITUTION: self.node.institution, P.ATTESTATION: attestation.sign(self.key)}
+        metrics: dict[str, Scalar] = {
+            P.INSTITUTION: self.node.institution,
+            P.ATTESTATION: attestation.sign(self.key),
+        }
+        if self.policy_sha256:
+            metrics[P.POLICY_SHA256] = self.policy_sha256
+        return metrics
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         raise RuntimeError("the coordinator provides initial parameters; nodes never originate them")
@@ -262,8 +272,14 @@ def _client_fn(resolve: NodeConfigResolver, context: Context) -> Client:
         )
     node = load_node_data(cfg[P.NODE_DATA_PATH], cfg[P.NODE_SCHEMA], cfg.get(P.NODE_NAME, ""))
     seed = cfg.get(P.NODE_DP_SEED)
+    policy = Path(cfg.get(P.NODE_POLICY, ""))
     return CreditNodeClient(
-        node, key, context.node_id, node_audit_url(cfg, node.institution), None if seed is None else int(seed)
+        node,
+        key,
+        context.node_id,
+        node_audit_url(cfg, node.institution),
+        None if seed is None else int(seed),
+        hashlib.sha256(policy.read_bytes()).hexdigest() if policy.is_file() else "",
     ).to_client()
 
 

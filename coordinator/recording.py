@@ -41,7 +41,7 @@ def _clean(metrics: dict[str, Scalar]) -> dict[str, Any]:
     return {
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in metrics.items()
-        if k not in (P.INSTITUTION, P.ATTESTATION) and not isinstance(v, bytes)
+        if k not in (P.INSTITUTION, P.ATTESTATION, P.POLICY_SHA256) and not isinstance(v, bytes)
     }
 
 
@@ -177,6 +177,8 @@ class RecordingStrategy(Strategy):
         results = [result for _, result in named]
         for name, (_, res) in named:
             self.log.institution(name)["train_rows"] = res.num_examples
+            if isinstance(res.metrics.get(P.POLICY_SHA256), str):
+                self.log.institution(name)["policy_sha256"] = str(res.metrics[P.POLICY_SHA256])
             entry = self.log.round_entry(name, server_round)
             if P.TRAIN_LOSS in res.metrics:
                 entry["train_loss"] = float(res.metrics[P.TRAIN_LOSS])

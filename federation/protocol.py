@@ -36,6 +36,7 @@ APPROVE_BELOW_PD: Final = (
 INSTITUTION: Final = "institution"
 TRAIN_LOSS: Final = "train-loss"
 EPSILON_SPENT: Final = "epsilon-spent"  # DP budget spent by the node in this run so far
+POLICY_SHA256: Final = "policy-sha256"  # the sha256 of the institution policy the node answers under
 ATTESTATION: Final = "attestation"  # the node's signature over policies.identity.Attestation
 DP_NOISE: Final = "dp-noise"  # where the node's DP noise came from: DP_NOISE_SECRET or DP_NOISE_SEEDED
 DP_NOISE_SECRET: Final = "secret"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -135,6 +136,16 @@ def test_refusal_is_visible_and_audited(run: tuple[Path, str]) -> None:
     assert actions[0] == "run.start" and "run.end" in actions
     # the run's model is registered, numbered, and (the federation's first) made the active version
     assert actions[-3:] == ["model.register", "model.version", "model.promote"]
+    listed = runner.invoke(app, ["models", "list", "--db", db, "--json"])
+    registered = json.loads(listed.stdout)["versions"][0]["institutions"]
+    # each institution with the digest of the very policy file its node answered under
+    assert registered and all(
+        inst["policy_sha256"]
+        == hashlib.sha256(
+            (run_dir / "policies" / inst["name"] / f"{inst['name']}.toml").read_bytes()
+        ).hexdigest()
+        for inst in registered
+    ), registered
     refused = [e for e in lines if e["action"] == "fit.refused"]
     assert refused and all("coastal_credit_union" in e["resource"] for e in refused)
     assert actions.count("round.end") == 3

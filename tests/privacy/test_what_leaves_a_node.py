@@ -36,6 +36,7 @@ ALLOWED_METRICS = {
     P.EPSILON_SPENT,
     P.DP_NOISE,
     P.ATTESTATION,  # the institution's signature over (itself, request, phase, round, node): no data
+    P.POLICY_SHA256,  # the digest of the institution's own policy file, for the model registry: no data
     "loss",  # Flower's own: the evaluation loss and the row count of a fit or evaluation
     "num_examples",
 }
@@ -108,7 +109,7 @@ def test_nothing_of_a_node_s_rows_leaves_it(tmp_path: Path) -> None:
     assert len(messages) >= 3 * 4  # stats, 2 training rounds, reference (+ evaluations) per node
     # metrics leave by design: only summaries of the node's holdout, under these names
     metrics = [m.get("metrics", {}) for m in messages]
-    assert {"auc", P.TRAIN_LOSS, P.ATTESTATION} <= set().union(*metrics) <= ALLOWED_METRICS
+    assert {"auc", P.TRAIN_LOSS, P.ATTESTATION, P.POLICY_SHA256} <= set().union(*metrics) <= ALLOWED_METRICS
     metric_numbers = np.array([float(v) for ms in metrics for v in ms.values() if isinstance(v, int | float)])
     sent_numbers = np.concatenate(
         [np.asarray(a, dtype=np.float64).ravel() for m in messages for a in m.get("arrays", [])]
