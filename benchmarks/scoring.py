@@ -37,6 +37,7 @@ import torch
 from fastapi import FastAPI
 from sqlmodel import Session, func, select
 
+from coordinator.service.demo import free_port
 from federation.datasets.synthetic import generate_sme
 from federation.loading import encode_frame
 from federation.model import FourDimensionModel, save_model
@@ -62,12 +63,6 @@ floor_app = FastAPI()
 @floor_app.post("/v1/scores")
 async def constant() -> dict[str, float]:
     return {"probability_of_default": 0.01}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def applicants(rows: int, seed: int) -> list[dict[str, Any]]:

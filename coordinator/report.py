@@ -190,7 +190,6 @@ def write_report(
         report["model"]["federation"] = version.federation
         sign_head(session, load_private_key(settings.coordinator_key))
         session.commit()
-    (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
     plot_run(run_dir / PLOT_FILE, outcome)
     document = write_card(
         run_dir, report, outcome, resolve_schema(settings.schema), purposes=(settings.purpose,)

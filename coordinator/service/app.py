@@ -211,7 +211,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise refuse(401, "no-token", "send a member token: Authorization: Bearer <token>", CHALLENGE)
         known, found = state.tokens.peek(credentials.credentials)
         if not known:  # read the database off the event loop
-            found = await asyncio.to_thread(state.tokens.get, credentials.credentials, state.engine)
+            found = await asyncio.to_thread(state.tokens.lookup, credentials.credentials, state.engine)
         if found is None:
             raise refuse(
                 401,

@@ -50,14 +50,12 @@ class AuditWriter:
         self.key = key
         self.retention_days = retention_days
         self._last_prune = 0.0
-        self.failures = 0
 
     def write(self, batch: list[Query]) -> list[int]:
         """Commit ``batch``'s entries and records; their entry numbers. Raises :class:`AuditUnavailable`."""
         try:
             return self._write(batch)
         except Exception as exc:  # a database failure: the caller serves nothing of this batch
-            self.failures += 1
             log.error("audit commit of %d queries failed: %s", len(batch), type(exc).__name__)
             raise AuditUnavailable(type(exc).__name__) from None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from coordinator.service.app import create_app
 from coordinator.service.settings import ServiceSettings
 from policies.audit import create_audit_engine
 from policies.documents import load_policy
-from policies.member_keys import issue
+from policies.member_keys import issue, revoke
 from policies.registry import active_version, promote, versions
 
 BAR_WIDTH = 24
@@ -63,11 +65,18 @@ def promote_latest(url: str, federation: str, actor: str) -> str:
         return newest.label
 
 
-def demo_token(url: str, policy_path: Path, member: str) -> str:
-    with Session(create_audit_engine(url)) as session:
-        token, _ = issue(session, load_policy(policy_path), member, "member", actor="demo")  # type: ignore[arg-type]
+@contextmanager
+def demo_token(url: str, policy_path: Path, member: str) -> Iterator[str]:
+    """A member token for the demo's calls, revoked when they are done."""
+    with Session(create_audit_engine(url), expire_on_commit=False) as session:
+        token, row = issue(session, load_policy(policy_path), member, "member", actor="demo")  # type: ignore[arg-type]
         session.commit()
-    return token
+    try:
+        yield token
+    finally:
+        with Session(create_audit_engine(url)) as session:
+            revoke(session, row.key_id, actor="demo")
+            session.commit()
 
 
 def _bar(value: float, scale: float) -> str:
@@ -128,11 +137,14 @@ def serve_and_decide(
 ) -> dict[str, Any]:
     """Start the service, score and decide on ``applicant`` as ``member`` over HTTP; returns the decision."""
     app = create_app(settings)
-    token = demo_token(settings.audit_url, settings.federation_policy, member)
     port = free_port()
-    headers = {"Authorization": f"Bearer {token}"}
     body = {"purpose": purpose, "consent_reference": consent_reference, "applicant": applicant}
-    with BackgroundServer(app, port), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    with (
+        demo_token(settings.audit_url, settings.federation_policy, member) as token,
+        BackgroundServer(app, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        headers = {"Authorization": f"Bearer {token}"}
         console.print(f"scoring service on http://127.0.0.1:{port}; {member} calls it with a member token")
         for attempt in range(100):  # the model loads as the service starts
             if http.get("/readyz").status_code == 200:

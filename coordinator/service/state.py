@@ -57,20 +57,18 @@ class TokenCache:
             return True, hit[0]
         return False, None
 
-    def get(self, token: str, engine: Engine) -> Caller | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            hit = self._seen.get(digest)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+    def lookup(self, token: str, engine: Engine) -> Caller | None:
+        """Read ``token``'s caller from the database (after a :meth:`peek` miss) and remember it."""
         with Session(engine) as session:
             caller = authenticate(session, token)
         if self.seconds > 0:
             with self._lock:
                 if len(self._seen) > 10_000:
                     self._seen.clear()
-                self._seen[digest] = (caller, now + self.seconds)
+                self._seen[hashlib.sha256(token.encode()).hexdigest()] = (
+                    caller,
+                    time.monotonic() + self.seconds,
+                )
         return caller
 
 

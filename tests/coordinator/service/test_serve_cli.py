@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coordinator.service.demo import free_port
+
 from .conftest import TRUST, body, register_model, write_policy
 
 FEDCREDIT = str(Path(sys.executable).with_name("fedcredit"))
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -42,7 +37,7 @@ def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) ->
     refused = _run("keys", "issue", "--member", "coastal_credit_union", "--role", "member", *common, env=env)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "allowed_members" in refused.stderr
 
-    port = _port()
+    port = free_port()
     key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
     server = subprocess.Popen(
         [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
@@ -91,7 +86,7 @@ def test_serve_refuses_a_tampered_policy_in_one_line(tmp_path: Path) -> None:
         str(key),
         "--allow-demo-keys",
         "--port",
-        str(_port()),
+        str(free_port()),
         env=env,
     )
     assert done.returncode == 2
