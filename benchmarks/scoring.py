@@ -10,7 +10,8 @@ A small keep-alive HTTP/1.1 load generator in this process drives both:
 * single: ``--requests`` scores over ``--connections`` connections as fast as they answer;
 * at_200_rps: scores sent at 200 requests/s (open loop) for ``--seconds``; latency p99;
 * batch: ``POST /v1/scores/batch`` with 10,000 applicants, ``--batches`` times;
-* in_process: encoding, scores and reason codes for 10,000 applicants without HTTP.
+* in_process: parsing, encoding, scores, reason codes and the answer's JSON for 10,000
+  applicants, as the service does them, without HTTP or audit.
 
 Every 200 is checked to carry an audit entry; the entries are counted in the database at the end.
 Targets: ratio_to_floor >= 0.5, at_200_rps p99 <= 25 ms, batch >= 20,000 applicants/s.
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI
+from pydantic_core import to_json
 from sqlmodel import Session, func, select
 
 from coordinator.service.demo import free_port
@@ -267,9 +269,10 @@ async def batches(port: int, raw: bytes, count: int) -> float:
         conn.close()
 
 
-def in_process(rows: list[dict[str, Any]], policy: Path, url: str) -> float:
-    """Applicants per second scored with reasons, from validated requests, without HTTP or audit."""
-    from coordinator.service.applicants import applicant_model, encode_applicants
+def in_process(body: bytes, policy: Path, url: str) -> float:
+    """Applicants per second from a batch request's bytes to scores with reasons, as the service
+    parses and scores them, without HTTP or audit."""
+    from coordinator.service.applicants import encode_applicants, request_models
     from coordinator.service.scorer import ServingModel, score_batch
     from policies.registry import active_version
 
@@ -279,15 +282,17 @@ def in_process(rows: list[dict[str, Any]], policy: Path, url: str) -> float:
         version = active_version(session, federation.header.id)
     assert version is not None
     serving = ServingModel.load(version, schema)
-    model_class = applicant_model(schema)
-    rules = federation.scoring  # type: ignore[union-attr]
+    rules = federation.scoring
+    assert rules is not None
+    _, batch_model = request_models(schema, rules.max_batch)
     best = 0.0
     for _ in range(3):
         started = time.perf_counter()
-        parsed = [model_class.model_validate(r) for r in rows]
+        parsed = batch_model.model_validate_json(body).applicants  # type: ignore[attr-defined]
         data = encode_applicants(parsed, schema, serving.model.layout)
-        score_batch(serving, data, rules, [p.__dict__ for p in parsed]).items()
-        best = max(best, len(rows) / (time.perf_counter() - started))
+        scored = score_batch(serving, data, rules, [p.__dict__ for p in parsed])
+        to_json({"scores": scored.items()})
+        best = max(best, len(parsed) / (time.perf_counter() - started))
     return best
 
 
@@ -381,7 +386,7 @@ def main() -> None:
                 select(func.count()).select_from(AuditEntry).where(AuditEntry.action.startswith("query."))
             ).one()  # type: ignore[attr-defined]
         expected = 300 + args.requests + int(200.0 * args.seconds) + args.batches
-        process_rate = in_process(batch_rows, policy, url)
+        process_rate = in_process(batch_body, policy, url)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     figures = {

@@ -8,6 +8,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from clients.cli import node_app
 from coordinator import score_cli
 from coordinator.models_cli import models_app
+from coordinator.pki_cli import pki_app
 from coordinator.service import cli as service_cli
 from coordinator.simulation import cli as simulation_cli
 from federation import cli as data_cli
@@ -42,6 +43,7 @@ service_cli.register(app, policy_cli.keys_app)
 app.add_typer(models_app, name="models")
 app.add_typer(node_app, name="node")
 app.add_typer(db_app, name="db")
+app.add_typer(pki_app, name="pki")
 
 EXPECTED_ERRORS = (FedCreditError, PolicyError, OSError, SQLAlchemyError)
 

@@ -29,6 +29,7 @@ Categorical feature
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from federation.inference import NumpyTowers, compile_towers
 from federation.loading import EncodedData, FeatureLayout
 from federation.model import DimensionTower, FourDimensionModel
 from federation.schema import Column, ColumnType, Schema, Transform
@@ -65,13 +67,6 @@ class Reason:
 def feature_names(layout: FeatureLayout) -> tuple[str, ...]:
     """The model's inputs in layout order: numeric (and binary) columns, then categorical ones."""
     return layout.numeric + layout.categorical
-
-
-def _normalized(model: FourDimensionModel, numeric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The towers' numeric inputs, as :meth:`FourDimensionModel.raw_contributions` forms them."""
-    missing = torch.isnan(numeric)
-    z = torch.where(missing, torch.zeros_like(numeric), (numeric - model.mean) / model.std)
-    return z, missing.to(z.dtype)
 
 
 def _tower_features(layout: FeatureLayout) -> dict[str, tuple[list[int], list[int]]]:
@@ -137,43 +132,69 @@ def feature_effects(
     return towers_and_effects(model, data, batch, baselines)[1]
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class _TowerPlan:
+    """How one tower's perturbed copies are made: copy 0 is the applicants as they are, copy ``k``
+    has one of the tower's inputs at its baseline."""
+
+    dimension: str
+    columns: list[int]  # the effects' columns, copies 1.. in order
+    copies: int
+    at_baseline_numeric: np.ndarray  # (copies, 1, numeric inputs), bool
+    at_baseline_categorical: np.ndarray  # (copies, 1, categorical inputs), bool
+
+
+@functools.lru_cache(maxsize=32)
+def _plans(layout: FeatureLayout) -> tuple[_TowerPlan, ...]:
+    """The layout's tower plans: built once, so scoring a few applicants costs no set-up."""
+    n_num, n_cat = len(layout.numeric), len(layout.categorical)
+    plans = []
+    for dim, (num_idx, cat_idx) in _tower_features(layout).items():
+        copies = 1 + len(num_idx) + len(cat_idx)
+        numeric = np.zeros((copies, 1, n_num), dtype=bool)
+        categorical = np.zeros((copies, 1, n_cat), dtype=bool)
+        for slot, j in enumerate(num_idx, start=1):
+            numeric[slot, 0, j] = True
+        for slot, j in enumerate(cat_idx, start=1 + len(num_idx)):
+            categorical[slot, 0, j] = True
+        plans.append(_TowerPlan(dim, num_idx + [n_num + j for j in cat_idx], copies, numeric, categorical))
+    return tuple(plans)
+
+
 def towers_and_effects(
     model: FourDimensionModel,
     data: EncodedData,
     batch: int = EFFECT_BATCH,
     baselines: tuple[int, ...] | None = None,
+    compiled: NumpyTowers | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each tower's raw output (rows, dimensions), as ``model.raw_contributions`` gives it, and
-    :func:`feature_effects`, from one pass: scoring with reasons runs every tower once per copy."""
+    :func:`feature_effects`, from one pass: scoring with reasons runs every tower once per copy.
+
+    The towers run as numpy arrays (:mod:`federation.inference`); ``compiled`` (from
+    :func:`compile_towers`) saves copying the weights again for a model that does not change."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     _check_layout(model, data)
-    model.eval()
     layout = model.layout
-    n_num = len(layout.numeric)
-    codes = torch.tensor(categorical_baselines(model) if baselines is None else baselines, dtype=torch.long)
+    net = compiled if compiled is not None else compile_towers(model)
+    codes = np.asarray(categorical_baselines(model) if baselines is None else baselines, dtype=np.int64)
     effects = np.zeros((len(data), layout.width), dtype=np.float64)
     towers = np.zeros((len(data), len(model.dimensions)), dtype=np.float64)
-    numeric_all = torch.from_numpy(data.numeric)
-    categorical_all = torch.from_numpy(data.categorical)
+    zero = np.float32(0.0)
     for start in range(0, len(data), batch):
         stop = min(start + batch, len(data))
         rows = stop - start
-        z, missing = _normalized(model, numeric_all[start:stop])
-        cat = categorical_all[start:stop]
-        for d, (dim, (num_idx, cat_idx)) in enumerate(_tower_features(layout).items()):
-            copies = 1 + len(num_idx) + len(cat_idx)  # copy 0: the applicants as they are
-            zz, mm, cc = z.repeat(copies, 1), missing.repeat(copies, 1), cat.repeat(copies, 1)
-            for slot, j in enumerate(num_idx, start=1):
-                zz[slot * rows : (slot + 1) * rows, j] = 0.0
-                mm[slot * rows : (slot + 1) * rows, j] = 0.0
-            for slot, j in enumerate(cat_idx, start=1 + len(num_idx)):
-                cc[slot * rows : (slot + 1) * rows, j] = codes[j]
-            out = model.towers[dim](zz, mm, cc).view(copies, rows).numpy()
+        z, missing = net.normalized(data.numeric[start:stop])
+        cat = data.categorical[start:stop]
+        for d, plan in enumerate(_plans(layout)):
+            flat = (plan.copies * rows, -1)
+            zz = np.where(plan.at_baseline_numeric, zero, z).reshape(flat)
+            mm = np.where(plan.at_baseline_numeric, zero, missing).reshape(flat)
+            cc = np.where(plan.at_baseline_categorical, codes, cat).reshape(flat)
+            out = net.towers[plan.dimension](zz, mm, cc).reshape(plan.copies, rows)
             towers[start:stop, d] = out[0]
-            columns = num_idx + [n_num + j for j in cat_idx]
-            effects[start:stop, columns] = (out[0].astype(np.float64) - out[1:]).T
+            effects[start:stop, plan.columns] = (out[0].astype(np.float64) - out[1:]).T
     return towers, effects
 
 
@@ -247,6 +268,45 @@ def _significant(values: np.ndarray, digits: int = 7) -> np.ndarray:
     return np.round(values * scale) / scale
 
 
+@dataclass(frozen=True)
+class _Texts:
+    """What a schema and a layout say about every model input, made once per model."""
+
+    columns: list[Column]
+    names: np.ndarray  # object: the feature names, layout order
+    dimensions: np.ndarray  # object: each feature's dimension
+    dimension_codes: np.ndarray  # the dimensions as strings, for grouping
+    texts: np.ndarray  # object: every feature's texts, one after the other
+    first_text: np.ndarray  # where each feature's texts start
+
+
+@functools.lru_cache(maxsize=32)
+def _texts(schema: Schema, layout: FeatureLayout) -> _Texts:
+    names = feature_names(layout)
+    declared = {c.name for c in schema.columns}
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise ValueError(f"schema {schema.name!r} has no column(s) {unknown} that the model uses")
+    columns = [schema.column(n) for n in names]
+    n_num = len(layout.numeric)
+    # a feature's texts by state: numeric 0 low / 1 high / 2 missing; categorical: its code (0 missing)
+    texts = [
+        list(_numeric_texts(c))
+        if j < n_num
+        else [f"{_subject(c)}: not reported", *(f"{_subject(c)}: {k}" for k in c.categories)]
+        for j, c in enumerate(columns)
+    ]
+    dimensions = [d.value for d in layout.numeric_dimensions + layout.categorical_dimensions]
+    return _Texts(
+        columns=columns,
+        names=np.array(names, dtype=object),
+        dimensions=np.array(dimensions, dtype=object),
+        dimension_codes=np.asarray(dimensions),
+        texts=np.array([t for ts in texts for t in ts], dtype=object),
+        first_text=np.cumsum([0, *(len(t) for t in texts[:-1])]),
+    )
+
+
 def reason_records(
     model: FourDimensionModel,
     schema: Schema,
@@ -266,68 +326,59 @@ def reason_records(
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
     _check_layout(model, data)
     layout = model.layout
-    names = feature_names(layout)
+    width = layout.width
     if effects is None:
         effects = feature_effects(model, data)
-    if effects.shape != (len(data), len(names)):
-        raise ValueError(f"effects have shape {effects.shape}, expected {(len(data), len(names))}")
-    declared = {c.name for c in schema.columns}
-    unknown = [n for n in names if n not in declared]
-    if unknown:
-        raise ValueError(f"schema {schema.name!r} has no column(s) {unknown} that the model uses")
-    columns = [schema.column(n) for n in names]
-    dimensions = [d.value for d in layout.numeric_dimensions + layout.categorical_dimensions]
+    if effects.shape != (len(data), width):
+        raise ValueError(f"effects have shape {effects.shape}, expected {(len(data), width)}")
+    known = _texts(schema, layout)
 
     strength = np.where(effects > 0, effects, 0.0) if adverse else np.abs(effects)
     if adverse:
         order = np.argsort(-strength, axis=1, kind="stable")[:, :limit]  # stable: ties in feature order
     else:
-        order = _leaders_first(strength, np.asarray(dimensions), limit)
-    kept = (np.take_along_axis(strength, order, axis=1) >= MIN_EFFECT).sum(axis=1).tolist()
+        order = _leaders_first(strength, known.dimension_codes, limit)
+    kept = (np.take_along_axis(strength, order, axis=1) >= MIN_EFFECT).sum(axis=1)
 
-    # each chosen (row, feature) as a state: numeric 0 low / 1 high / 2 missing; categorical: its code
+    # the kept (row, feature) pairs, flat, row by row: numpy picks every part, Python only packs dicts
+    chosen = np.arange(order.shape[1])[None, :] < kept[:, None]
+    feature = order[chosen]
+    row_of = np.repeat(np.arange(len(data)), kept)
+    effect = np.take_along_axis(effects, order, axis=1)[chosen]
     n_num = len(layout.numeric)
+    # each input's state, its text's index: numeric 0 low / 1 high / 2 missing; categorical: its code
     mean = model.mean.detach().cpu().numpy()
-    state = np.empty((len(data), len(names)), dtype=np.int64)
+    states = np.empty((len(data), width), dtype=np.int64)
     with np.errstate(invalid="ignore"):
-        state[:, :n_num] = np.where(np.isnan(data.numeric), 2, data.numeric > mean)
-    state[:, n_num:] = data.categorical
-    texts = [
-        list(_numeric_texts(c))
-        if j < n_num
-        else [f"{_subject(c)}: not reported", *(f"{_subject(c)}: {k}" for k in c.categories)]
-        for j, c in enumerate(columns)
-    ]
-    chosen_state = np.take_along_axis(state, order, axis=1).tolist()
-    chosen_effects = np.take_along_axis(effects, order, axis=1).tolist()
+        states[:, :n_num] = np.where(np.isnan(data.numeric), 2, data.numeric > mean)
+    states[:, n_num:] = data.categorical
+    state = states[row_of, feature]
+    names = known.names[feature].tolist()
     if given is None:
+        columns = known.columns
         recovered = np.concatenate(
             [_significant(_given(data.numeric, columns[:n_num])), data.categorical.astype(np.float64)], axis=1
         )
         decoders = [_decoder(c) for c in columns]
-        chosen_values = np.take_along_axis(recovered, order, axis=1).tolist()
         values = [
-            [decoders[j](v) for j, v in zip(row, vals, strict=True)]
-            for row, vals in zip(order.tolist(), chosen_values, strict=True)
+            decoders[j](v) for j, v in zip(feature.tolist(), recovered[row_of, feature].tolist(), strict=True)
         ]
     else:
-        values = [[g.get(names[j]) for j in row] for row, g in zip(order.tolist(), given, strict=True)]
-    return [
-        [
-            {
-                "feature": names[j],
-                "dimension": dimensions[j],
-                "direction": RAISES_RISK if e > 0 else LOWERS_RISK,
-                "effect": e,
-                "value": v,
-                "text": texts[j][st],
-            }
-            for j, e, st, v in zip(row[:count], eff[:count], sts[:count], vals[:count], strict=True)
-        ]
-        for row, count, eff, sts, vals in zip(
-            order.tolist(), kept, chosen_effects, chosen_state, values, strict=True
+        values = [given[r].get(n) for r, n in zip(row_of.tolist(), names, strict=True)]
+    records = [
+        {"feature": n, "dimension": d, "direction": dr, "effect": e, "value": v, "text": t}
+        for n, d, dr, e, v, t in zip(
+            names,
+            known.dimensions[feature].tolist(),
+            np.where(effect > 0, RAISES_RISK, LOWERS_RISK).tolist(),
+            effect.tolist(),
+            values,
+            known.texts[known.first_text[feature] + state].tolist(),
+            strict=True,
         )
     ]
+    ends = np.cumsum(kept).tolist()
+    return [records[end - count : end] for end, count in zip(ends, kept.tolist(), strict=True)]
 
 
 def _rank(

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -151,6 +151,12 @@ def hashed_body(row: dict[str, Any], seq: int) -> dict[str, Any]:
     }
 
 
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_LAST = (
+    select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)  # type: ignore[attr-defined]
+)
+
+
 def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` (actor, action, resource, decision, policy_sha256, input_sha256, detail) as the
     entries that follow ``after`` (the last entry's seq and hash; None: the first), numbered,
@@ -255,10 +261,11 @@ def has_audit_log(session: Session) -> bool:
     return inspect(session.connection()).has_table(AuditEntry.__tablename__)
 
 
-def lock_chain(session: Session) -> None:
+def lock_chain(session: Session | Connection) -> None:
     """Take the audit chain's write lock for the rest of the transaction (PostgreSQL; SQLite locks at BEGIN)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    if dialect.name == "postgresql":
+        session.execute(_LOCK, {"key": ADVISORY_LOCK_KEY})
 
 
 def _now() -> str:
@@ -295,10 +302,11 @@ def append(
     return entry
 
 
-def last_entry(session: Session) -> tuple[int, str] | None:
+def last_entry(session: Session | Connection) -> tuple[int, str] | None:
     """The chain's last (seq, hash), or None when it is empty (take :func:`lock_chain` first)."""
-    last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
-    return None if last is None else (last.seq, last.hash)
+    connection = session if isinstance(session, Connection) else session.connection()
+    last = connection.execute(_LAST).first()
+    return None if last is None else (last[0], last[1])
 
 
 def record(engine: Engine, **fields: Any) -> AuditEntry:
@@ -463,19 +471,24 @@ def _bad(checked: int, seq: int, problem: str) -> ChainReport:
 def sign_head(session: Session, key: Ed25519PrivateKey) -> SignedHead | None:
     """Sign the current chain head (in the caller's transaction); None on an empty chain."""
     lock_chain(session)
-    last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+    last = last_entry(session)
     if last is None:
         return None
-    head = SignedHead(
-        seq=last.seq,
-        hash=last.hash,
-        signed_by=public_key_text(key.public_key()),
-        signature=sign_bytes(key, canonical_json({"seq": last.seq, "hash": last.hash})),
-        ts=_now(),
-    )
+    head = SignedHead(**signed_head_row(key, *last))
     session.add(head)
     session.flush()
     return head
+
+
+def signed_head_row(key: Ed25519PrivateKey, seq: int, hash: str) -> dict[str, Any]:
+    """The signed-head row for the chain's head ``(seq, hash)``, for a bulk insert."""
+    return {
+        "seq": seq,
+        "hash": hash,
+        "signed_by": public_key_text(key.public_key()),
+        "signature": sign_bytes(key, canonical_json({"seq": seq, "hash": hash})),
+        "ts": _now(),
+    }
 
 
 def sign_current_head(engine: Engine, key: Ed25519PrivateKey) -> SignedHead | None:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 from sqlmodel import Session, col, select
 
 from coordinator.service import problems
@@ -68,6 +70,7 @@ bearer = HTTPBearer(auto_error=False, description="A member token from `fedcredi
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: such a filter is a 422, not a 500
 MAX_SEQ = 2**31 - 1  # entry numbers are 32-bit integers in the database
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fedcredit"'}
+SCORING_PATHS = frozenset({"/v1/scores", "/v1/scores/batch", "/v1/decisions"})
 
 
 class Guard:
@@ -102,11 +105,15 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        if scope["method"] == "POST" and scope["path"] in SCORING_PATHS:
+            self.state.pipeline.arrivals.arrived(scope)
         try:
             await self.app(scope, counted, sending)
         except _TooLarge:
             await self._too_large(scope, receive, send, limit)
             return
+        finally:
+            self.state.pipeline.arrivals.left(scope)
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         self.state.metrics.request(scope["method"], path, status["code"], time.perf_counter() - started)
@@ -270,12 +277,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     member = Depends(role("member"))
 
-    SingleBody: Any = single_body  # built from the schema: typed for FastAPI, Any for mypy
-    BatchBody: Any = batch_body
-
-    async def answer(request: Request, body: Any, who: Caller, action: str) -> Response:
-        """Check the rules of use, then score and audit in the pipeline; the answer leaves only
-        after its audit entry is committed."""
+    async def answer(request: Request, body_model: type[BaseModel], who: Caller, action: str) -> Response:
+        """Read the body, check the rules of use, then score and audit in the pipeline; the answer
+        leaves only after its audit entry is committed. The body is parsed straight from its bytes
+        (one pass, in Rust), the same bytes whose digest the audit entry keeps."""
+        raw = await request.body()
+        try:
+            body: Any = body_model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [
+                    {**e, "loc": ("body", *e["loc"])}
+                    for e in exc.errors(include_url=False, include_context=False, include_input=False)
+                ]
+            ) from None
         asked = Asked.of(body)
         serving = rules_of_use(who, asked.purpose, asked.consent)
         job = Job(
@@ -285,8 +300,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             member=who.member,
             purpose=asked.purpose,
             consent_reference=asked.consent or "",
-            input_sha256=hashlib.sha256(await request.body()).hexdigest(),
+            input_sha256=hashlib.sha256(raw).hexdigest(),
         )
+        state.pipeline.arrivals.left(request.scope)
         try:
             content = await state.pipeline.run(job)
         except AuditUnavailable:
@@ -298,23 +314,41 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             ) from None
         return Response(content, media_type="application/json")
 
-    @app.post("/v1/scores", response_model=ScoreResponse, responses=problem_responses, tags=["scoring"])
-    async def score_one(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> Response:
-        """Score one applicant: probability of default, points, grade, four dimension parts, reasons."""
-        return await answer(request, body, who, "score")
+    single_doc, batch_doc = _request_body(single_body), _request_body(batch_body)
 
     @app.post(
-        "/v1/scores/batch", response_model=BatchScoreResponse, responses=problem_responses, tags=["scoring"]
+        "/v1/scores",
+        response_model=ScoreResponse,
+        responses=problem_responses,
+        tags=["scoring"],
+        openapi_extra=single_doc,
     )
-    async def score_many(request: Request, body: BatchBody, who: Annotated[Caller, member]) -> Response:
-        """Score up to the policy's batch size of applicants in one request (one audit entry)."""
-        return await answer(request, body, who, "score.batch")
+    async def score_one(request: Request, who: Annotated[Caller, member]) -> Response:
+        """Score one applicant: probability of default, points, grade, four dimension parts, reasons."""
+        return await answer(request, single_body, who, "score")
 
-    @app.post("/v1/decisions", response_model=DecisionResponse, responses=problem_responses, tags=["scoring"])
-    async def decision(request: Request, body: SingleBody, who: Annotated[Caller, member]) -> Response:
+    @app.post(
+        "/v1/scores/batch",
+        response_model=BatchScoreResponse,
+        responses=problem_responses,
+        tags=["scoring"],
+        openapi_extra=batch_doc,
+    )
+    async def score_many(request: Request, who: Annotated[Caller, member]) -> Response:
+        """Score up to the policy's batch size of applicants in one request (one audit entry)."""
+        return await answer(request, batch_body, who, "score.batch")
+
+    @app.post(
+        "/v1/decisions",
+        response_model=DecisionResponse,
+        responses=problem_responses,
+        tags=["scoring"],
+        openapi_extra=single_doc,
+    )
+    async def decision(request: Request, who: Annotated[Caller, member]) -> Response:
         """Approve, refer or decline one applicant by the policy's cut-offs, with a suggested limit and,
         unless approved, the strongest reasons against."""
-        return await answer(request, body, who, "decision")
+        return await answer(request, single_body, who, "decision")
 
     def _summaries(session: Session) -> list[dict[str, Any]]:
         active = active_version(session, state.federation)
@@ -531,7 +565,27 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """Prometheus metrics: requests, latency, refusals, audit commit lag and backlog."""
         return state.metrics.exposition(state.pipeline.backlog)
 
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the request bodies the scoring routes parse themselves."""
+        if app.openapi_schema is None:
+            document = generated()
+            _, defs = models_json_schema(
+                [(single_body, "validation"), (batch_body, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            document.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses ``model`` from the raw bytes."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _a(word: str) -> str:

@@ -18,11 +18,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from policies.audit import AuditEntry, SignedHead, chained_rows, last_entry, lock_chain, sign_head
+from policies.audit import (
+    AuditEntry,
+    SignedHead,
+    chained_rows,
+    last_entry,
+    lock_chain,
+    sign_head,
+    signed_head_row,
+)
 from policies.query_log import QueryRecord, prune, utc_stamp
 
 log = logging.getLogger("fedcredit.service")
 PRUNE_EVERY_S = 3600.0
+_ENTRIES = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
+_RECORDS = QueryRecord.__table__.insert()  # type: ignore[attr-defined]
+_HEADS = SignedHead.__table__.insert()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -75,10 +86,11 @@ class AuditWriter:
             log.error("signing the audit head failed: %s", type(exc).__name__)
 
     def _write(self, batch: list[Query]) -> list[int]:
-        with Session(self.engine) as session:
-            lock_chain(session)
+        # Core statements on one connection: no ORM object per row, one signed head per batch
+        with self.engine.begin() as connection:
+            lock_chain(connection)
             rows = chained_rows(
-                last_entry(session),
+                last_entry(connection),
                 [
                     {
                         "actor": f"member:{q.member}",
@@ -97,11 +109,10 @@ class AuditWriter:
                     for q in batch
                 ],
             )
-            connection = session.connection()  # Core executemany: no ORM object per row
-            connection.execute(AuditEntry.__table__.insert(), rows)  # type: ignore[attr-defined]
+            connection.execute(_ENTRIES, rows)
             ts = utc_stamp()
             connection.execute(
-                QueryRecord.__table__.insert(),  # type: ignore[attr-defined]
+                _RECORDS,
                 [
                     {
                         "ts": ts,
@@ -117,9 +128,8 @@ class AuditWriter:
                     for q, row in zip(batch, rows, strict=True)
                 ],
             )
-            sign_head(session, self.key)
-            session.commit()
-            return [row["seq"] for row in rows]
+            connection.execute(_HEADS, signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"]))
+        return [row["seq"] for row in rows]
 
     def maybe_prune(self) -> None:
         """:meth:`prune_now`, at most once an hour."""

@@ -74,7 +74,7 @@ def serve_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     gc.set_threshold(50_000, 20, 20)  # a batch allocates ~10^6 short-lived objects: collect less often
     # the audit writer waits on the disk and then for the GIL: hand it over sooner than every 5 ms
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(0.001)
     console.print(f"scoring service on http://{host}:{port} (OpenAPI at /openapi.json, docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, ws="none")
 

@@ -3,24 +3,26 @@
 One thread takes every query waiting, scores them in one pass of the model (a single applicant
 costs about as much model time as sixteen), appends their audit entries in one transaction
 (group commit) and only then releases the answers. No query waits for a batch to fill: an idle
-service handles a lone query at once. The event loops meanwhile parse and answer requests.
+service handles a lone query at once. The event loops meanwhile parse and answer requests; while
+they are still reading scoring requests (:class:`Arrivals`), the thread waits for those, up to
+``GATHER_S``, so that queries arriving together share one pass and one commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from coordinator.service.applicants import encode_applicants
 from coordinator.service.audit_writer import AuditUnavailable, AuditWriter, Query
@@ -30,6 +32,27 @@ from federation.reasons import reason_records
 from policies.documents import ScoringRules
 
 MAX_ROWS = 20_000  # applicants scored in one pass at most
+GATHER_S = 0.002  # the longest a batch waits for requests that are still being read
+NAP_S = 0.0001  # a short sleep that hands the GIL to the event loop reading them
+
+
+class Arrivals:
+    """Scoring requests that have arrived but are not yet queued for the pipeline (being read,
+    authenticated, validated). Only the event loop changes the count; the pipeline reads it."""
+
+    KEY = "fedcredit.arriving"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def arrived(self, scope: MutableMapping[str, Any]) -> None:
+        scope[self.KEY] = True
+        self.count += 1
+
+    def left(self, scope: MutableMapping[str, Any]) -> None:
+        """The request was queued, refused or failed: it no longer arrives (idempotent)."""
+        if scope.pop(self.KEY, False):
+            self.count = max(0, self.count - 1)
 
 
 @dataclass
@@ -67,6 +90,7 @@ class Pipeline:
         self.writer = writer
         self.served = served
         self.on_commit = on_commit  # (entries, seconds from the oldest query's arrival to its commit)
+        self.arrivals = Arrivals()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="scoring-pipeline", daemon=True)
 
@@ -99,10 +123,14 @@ class Pipeline:
             if first is None:
                 return
             jobs, rows, stopping = [first], len(first.applicants), False
+            deadline = time.perf_counter() + GATHER_S
             while rows < MAX_ROWS:
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
+                    if self.arrivals.count > 0 and time.perf_counter() < deadline:
+                        time.sleep(NAP_S)
+                        continue
                     break
                 if job is None:
                     stopping = True
@@ -120,20 +148,18 @@ class Pipeline:
         try:
             answers, queries = self._score(jobs)
         except Exception as exc:  # nothing is audited, nothing is served
-            for job in jobs:
-                _settle(job, error=exc)
+            _settle([(job, exc) for job in jobs])
             return
         try:
             seqs = self.writer.write(queries)
         except AuditUnavailable as exc:
-            for job in jobs:
-                _settle(job, error=exc)
+            _settle([(job, exc) for job in jobs])
             return
         if self.on_commit is not None:
             self.on_commit(len(jobs), time.perf_counter() - min(j.queued_at for j in jobs))
-        for job, answer, seq in zip(jobs, answers, seqs, strict=True):
+        for answer, seq in zip(answers, seqs, strict=True):
             answer["audit_entry"] = seq
-            _settle(job, value=json.dumps(answer, allow_nan=False).encode())
+        _settle([(job, to_json(answer)) for job, answer in zip(jobs, answers, strict=True)])
 
     def _score(self, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[Query]]:
         serving = jobs[0].serving
@@ -208,18 +234,22 @@ def raw_values_of(applicant: dict[str, Any], name: str) -> float:
     return float(value) if isinstance(value, int | float) else float("nan")
 
 
-def _settle(job: Job, value: bytes | None = None, error: Exception | None = None) -> None:
-    future = job.future
-    if future is None:
-        return
+def _settle(outcomes: list[tuple[Job, bytes | Exception]]) -> None:
+    """Hand each job its answer or its error, with one wake-up per event loop for the whole batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bytes], bytes | Exception]]] = {}
+    for job, outcome in outcomes:
+        if job.future is not None:
+            by_loop.setdefault(job.future.get_loop(), []).append((job.future, outcome))
+    for loop, settled in by_loop.items():
 
-    def settle() -> None:
-        if future.done():  # the client went away
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)  # type: ignore[arg-type]
+        def settle(settled: list[tuple[asyncio.Future[bytes], bytes | Exception]] = settled) -> None:
+            for future, outcome in settled:
+                if future.done():  # the client went away
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-        future.get_loop().call_soon_threadsafe(settle)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle)
