@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -118,6 +119,18 @@ def install(app: FastAPI) -> None:
         what = "fail the dataset schema" if applicants else "are invalid"
         return problem_response(
             request, 422, "invalid-input", f"{len(errors)} field(s) {what}: {shown}", errors=errors
+        )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # e.g. the database restarting: a token past its cache time cannot be checked for revocation
+        log.error("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+        return problem_response(
+            request,
+            503,
+            "database-unavailable",
+            "the service's database cannot be reached, so nothing was done; retry later",
+            {"Retry-After": "1"},
         )
 
     @app.exception_handler(StarletteHTTPException)

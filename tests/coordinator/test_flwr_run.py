@@ -1,5 +1,6 @@
 """The module-level apps under Flower's own deployment engine: a local SuperLink, two SuperNodes,
-and ``flwr run`` of this project (insecure, on loopback)."""
+and ``flwr run`` of this project, on loopback over TLS with SuperNode authentication (the PKI from
+``fedcredit pki``); a node whose key was never registered is refused."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.pki import add_node, init_pki
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.scenarios import sme_federation
 from federation.model import load_model
@@ -96,7 +98,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
+def test_flwr_run_trains_over_tls_with_registered_nodes_only(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     env = {
@@ -129,13 +131,19 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
     )
     sign_policy(policy, keys / "consortium.key")
 
+    pki = init_pki(tmp_path / "pki", ["127.0.0.1", "localhost"])
+    node_keys = {n.institution: add_node(pki.folder, n.institution) for n in nodes}
+    stranger_key, _ = add_node(pki.folder, "stranger")  # made by the same PKI, never registered
     port = _free_port()  # Flower 1.42 serves its runtime, fleet and control APIs on one HTTP port
     log = (tmp_path / "superlink.log").open("wb")
     processes.append(
         subprocess.Popen(
             [
                 str(BIN / "flower-superlink"),
-                "--insecure",
+                f"--ssl-ca-certfile={pki.ca_cert}",
+                f"--ssl-certfile={pki.cert}",
+                f"--ssl-keyfile={pki.key}",
+                "--enable-supernode-auth",
                 "--disable-runtime-dependency-installation",
                 "--host=127.0.0.1",
                 f"--port={port}",
@@ -147,28 +155,45 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
             start_new_session=True,
         )
     )
-    for k, node in enumerate(nodes):
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    f"--superlink=127.0.0.1:{port}",
-                    "--host=127.0.0.1",
-                    f"--port={_free_port()}",
-                    f"--node-config={_toml(node.node_config())}",
-                ],
-                env=env,
-                stdout=(tmp_path / f"node{k}.log").open("wb"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
     (tmp_path / "flwr").mkdir(exist_ok=True)
     (tmp_path / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{pki.ca_cert}"\n',
         encoding="utf-8",
     )
+    _wait_for_port(port, processes[0], tmp_path / "superlink.log")
+    for name, (_, public) in node_keys.items():  # the coordinator admits the members' nodes only
+        registered = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(public), "test", "--name", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+
+    def supernode(key: Path, config: str, log_name: str, *extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                str(BIN / "flower-supernode"),
+                f"--root-certificates={pki.ca_cert}",
+                f"--auth-supernode-private-key={key}",
+                f"--superlink=127.0.0.1:{port}",
+                "--host=127.0.0.1",
+                f"--port={_free_port()}",
+                f"--node-config={config}",
+                *extra,
+            ],
+            env=env,
+            stdout=(tmp_path / log_name).open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    for k, node in enumerate(nodes):
+        processes.append(supernode(node_keys[node.institution][0], _toml(node.node_config()), f"node{k}.log"))
+    stranger = supernode(stranger_key, _toml(nodes[0].node_config()), "stranger.log", "--max-retries=2")
+    processes.append(stranger)
     run_config = _toml(
         {
             "federation-policy": str(policy),
@@ -179,7 +204,6 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
         }
     )
     run_config += " evaluate-on-nodes=false"  # one message round less: a node process per message
-    _wait_for_port(port, processes[0], tmp_path / "superlink.log")
     submitted = subprocess.run(
         [str(BIN / "flwr"), "run", str(ROOT), "test", "--run-config", run_config],
         env=env,
@@ -208,3 +232,6 @@ def test_flwr_run_trains_the_module_level_apps_on_a_local_superlink(
     _model, card = load_model(reports[0].parent / "model.pt", expected_sha256=report["model"]["sha256"])
     assert sorted(card.institutions) == sorted(federation.institutions)
     assert card.federation_policy_sha256 is not None
+    # the node with an unregistered key was turned away: it never joined, and it said so
+    assert stranger.wait(timeout=60) != 0
+    assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text(errors="replace")
