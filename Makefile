@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # The UCI Taiwan credit files (FATE's copies), for the tests and benchmarks that use them.
 export FEDCREDIT_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data/fate)
 
-.PHONY: install demo test lint quality clean
+.PHONY: install demo test deployment-test lint quality clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 # two workers, one test file each at a time: module-scoped runs stay shared within their file
 test: $(STAMP)
 	$(BIN)/pytest -q -n 2 --dist loadfile
+
+# the coordinator and its institutions in Linux network namespaces, over TLS (root; minutes)
+deployment-test: $(STAMP)
+	$(BIN)/pytest -q -m deployment tests/deployment
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

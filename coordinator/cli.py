@@ -7,6 +7,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from clients.cli import node_app
 from coordinator import score_cli
+from coordinator.deploy_cli import coordinator_app, run_app
 from coordinator.models_cli import models_app
 from coordinator.pki_cli import pki_app
 from coordinator.service import cli as service_cli
@@ -44,6 +45,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(node_app, name="node")
 app.add_typer(db_app, name="db")
 app.add_typer(pki_app, name="pki")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(run_app, name="run")
 
 EXPECTED_ERRORS = (FedCreditError, PolicyError, OSError, SQLAlchemyError)
 

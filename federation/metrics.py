@@ -1,17 +1,21 @@
-"""Scoring metrics: discrimination (AUC, KS) and calibration (Brier, ECE)."""
+"""Scoring metrics: discrimination (AUC, KS) and calibration (Brier, ECE).
+
+scikit-learn loads on the first AUC or KS asked for, not on import: a deployed node starts a
+process for every message, and most messages compute no metric."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
     """ROC AUC; NaN when only one class is present."""
     if len(np.unique(y)) < 2:
         return math.nan
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, p))
 
 
@@ -19,6 +23,8 @@ def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
     """Kolmogorov-Smirnov: the largest gap between the score CDFs of goods and bads."""
     if len(np.unique(y)) < 2:
         return math.nan
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(y, p)
     return float(np.max(tpr - fpr))
 

@@ -14,10 +14,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from federation.hyperparameters import TrainConfig
@@ -62,6 +58,8 @@ def plan_dp(
         raise ValueError("rows, batch_size, epochs_per_round and rounds must all be >= 1")
     sample_rate = min(1.0, batch_size / rows)
     steps_per_round = epochs_per_round * math.ceil(1 / sample_rate)
+    from opacus.accountants.utils import get_noise_multiplier  # opacus loads only when DP is on
+
     sigma = get_noise_multiplier(
         target_epsilon=epsilon,
         target_delta=delta,
@@ -76,6 +74,8 @@ def epsilon_spent(plan: DPPlan, rounds_done: int) -> float:
     """Epsilon spent after ``rounds_done`` rounds of ``plan`` (RDP accountant)."""
     if rounds_done <= 0:
         return 0.0
+    from opacus.accountants import RDPAccountant
+
     accountant = RDPAccountant()
     accountant.history = [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round * rounds_done)]
     return float(accountant.get_epsilon(plan.delta))
@@ -92,6 +92,9 @@ def train_local_dp(
     generator = torch.Generator().manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about secure RNG; the seed is deliberate here
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
         wrapped = GradSampleModule(model)
         optimizer = DPOptimizer(
             torch.optim.Adam(wrapped.parameters(), lr=config.learning_rate),

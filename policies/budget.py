@@ -18,7 +18,6 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from opacus.accountants import RDPAccountant
 from sqlalchemy import UniqueConstraint
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
@@ -60,6 +59,8 @@ def run_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> fl
     """Epsilon of a run's rounds, each (noise multiplier, sample rate, steps), at ``delta``."""
     if not history:
         return 0.0
+    from opacus.accountants import RDPAccountant  # opacus loads only for a DP run: nodes start often
+
     accountant = RDPAccountant()
     accountant.history = list(history)
     return float(accountant.get_epsilon(delta))

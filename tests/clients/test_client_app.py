@@ -216,3 +216,22 @@ def test_the_client_app_pickles_as_its_recipe() -> None:
         "SecureAggregationGuard",
         "function",
     ]
+
+
+def test_a_node_process_loads_no_dp_or_metrics_library_it_does_not_use() -> None:
+    """A deployed SuperNode starts a process per message: it must not pay for Opacus (DP runs
+    only) or scikit-learn (metrics only) on every start."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, clients.client_app; print(sorted({m.split('.')[0] for m in sys.modules} & {'opacus', 'sklearn'}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert loaded == "[]"
