@@ -9,9 +9,9 @@ borrowers per institution (``federation.datasets.synthetic.generate_sme``), deal
 evenly at random and written with ``federation.datasets.partition.write_partition``
 (a quarter of each institution's rows are its holdout), a signed simulation policy and
 a node key per institution (``coordinator.simulation.nodes.with_policies``), and a
-2,000-row test set for the coordinator. (``sme_federation`` names at most a dozen
-institution profiles and the UCI re-split leaves under 50 rows per institution at
-1,000, below the simulation policy's minimum, hence the even split.) Then it trains
+2,000-row test set for the coordinator. (``sme_federation`` has 9 institution
+profiles, and the UCI re-split leaves 24 rows per institution at 1,000, below the
+simulation policy's minimum of 50; hence the even split.) Then it trains
 with ``coordinator.simulation.engine.run_simulated_federation``, as the CLI does:
 Flower's simulation engine on Ray, two node workers (one per core, at most
 ``--parallel-nodes``), every institution in every round, each node scoring every
@@ -33,13 +33,25 @@ the normalization round, round 1 (reported as round1_seconds: first-use costs in
 workers), and the fairness and reference rounds after training. fit_seconds is the
 SecAgg+ fit alone (configure_fit to aggregate_fit) over the same rounds, and
 stage_seconds the coordinator's wait for each message round of a training round.
+Where the time goes, per counted round: main_process_cpu_seconds_per_round (the
+coordinator, Flower's simulated SuperLink and its message pickup all run in the
+subprocess's main process) and linkstate_per_round, the calls into Flower's in-memory
+link state and the seconds spent in them (get_message_ins: the simulation engine's
+pickup loop, one call per node per pass, each scanning every message in flight).
 
 peak_rss_mib: every ~0.2 s a thread here sums VmRSS (/proc/<pid>/status) over the
-subprocess and all its descendants (Ray's GCS, raylet, workers and their children)
-and over any process in the subprocess's session (should Ray reparent one); the
-largest sum. A sum of RSS counts shared pages (libraries, Ray's shared memory) once
-per process that maps them; peak_pss_mib (Pss from /proc/<pid>/smaps_rollup) shares
-them out and is the closer figure for what the run costs the machine.
+subprocess and all its descendants (Ray's GCS, raylet, dashboard agent, workers) and
+any process in the subprocess's session (should Ray reparent one), found by a scan of
+/proc once a second; the largest sum, and what each command contributed to it. A sum
+of RSS counts shared pages (libraries, Ray's shared memory) once per process that
+maps them; peak_pss_mib (Pss from /proc/<pid>/smaps_rollup, read every 5 s as it is
+costly) shares them out. cpu_seconds_by_process and load_average_mean (the machine's
+1-minute load during the size; above the core count the figures include waiting for a
+core) come from the same scans.
+
+A size that runs past --timeout-minutes is stopped (its whole session) and reported
+with its error, its memory figures and progress_when_stopped: the message rounds done
+and the one in flight, the main process's CPU seconds and the link-state calls so far.
 
 Targets: 1,000 institutions within 8 GiB peak RSS across the process tree; round cost
 growing no faster than n log n (round_seconds ratio between consecutive sizes at most
@@ -74,6 +86,7 @@ MEMORY_TARGET_SIZE = 1000
 TEST_ROWS = 2000
 SAMPLE_SECONDS = 0.2
 HEARTBEAT_SECONDS = 30.0
+PROGRESS_SECONDS = 10.0
 
 
 def log(message: str) -> None:
@@ -291,6 +304,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     log(f"n={n}: policies and keys in {setup_seconds - data_seconds:.1f} s; starting Flower simulation")
 
     waits: list[tuple[str, float, float]] = []  # (stage, start, seconds) of every message round
+    in_flight: list[tuple[str, float, int]] = []  # the message round being waited for: stage, start, size
+    told: dict[str, int] = {}  # what SecAgg+'s setup stage told the nodes
 
     class TimedGrid(PromptGrid):
         stages: ClassVar[list[tuple[str, float, float]]] = waits
@@ -301,9 +316,13 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             if messages:
                 config = messages[0].content.config_records.get(SECAGG_CONFIGS)
                 stage = str(config[Key.STAGE]) if config is not None else messages[0].metadata.message_type
+                if stage == "setup" and config is not None:
+                    told.update(shares=int(config[Key.SHARE_NUMBER]), threshold=int(config[Key.THRESHOLD]))
             sent = time.perf_counter()
+            in_flight[:] = [(stage, sent, len(messages))]
             replies = super().send_and_receive(messages, timeout=timeout)
             self.stages.append((stage, sent, time.perf_counter() - sent))
+            in_flight.clear()
             return replies
 
     coordinator.server_app.PromptGrid = TimedGrid  # type: ignore[attr-defined]
@@ -339,7 +358,41 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         reconstruction_threshold=threshold,
     )
     simulation_started = time.perf_counter()
-    outcome = run_simulated_federation(nodes, settings, on_round=on_round, parallel_nodes=args.parallel_nodes)
+
+    def progress() -> dict[str, Any]:
+        """Where the run is: for a run stopped before it ends."""
+        now = time.perf_counter()
+        cpu, calls = snapshot()
+        return {
+            "seconds_since_simulation_start": round(now - simulation_started, 1),
+            "setup_seconds": round(setup_seconds, 2),
+            "rounds_done": len(round_ends),
+            "message_rounds_done": [
+                (s, round(at - simulation_started, 1), round(t, 2)) for s, at, t in waits
+            ],
+            "message_round_in_flight": [
+                (s, round(at - simulation_started, 1), round(now - at, 1), size) for s, at, size in in_flight
+            ],
+            "main_process_cpu_seconds": round(cpu, 1),
+            "linkstate_totals": {
+                k: {"calls": int(v[1]), "seconds": round(v[0], 2)} for k, v in calls.items()
+            },
+        }
+
+    stop_writing = threading.Event()
+
+    def keep_writing() -> None:
+        while args.progress is not None and not stop_writing.wait(PROGRESS_SECONDS):
+            args.progress.write_text(json.dumps(progress()), encoding="utf-8")
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        outcome = run_simulated_federation(
+            nodes, settings, on_round=on_round, parallel_nodes=args.parallel_nodes
+        )
+    finally:
+        stop_writing.set()
     finished = time.perf_counter()
     if len(round_ends) != args.rounds:
         raise RuntimeError(f"{len(round_ends)} of {args.rounds} rounds reported a test evaluation")
@@ -373,6 +426,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "linkstate_per_round": linkstate_per_round,
         "num_shares": shares,
         "reconstruction_threshold": threshold,
+        "secagg_setup_told_nodes": told,
         "rows_per_institution": args.rows,
         "train_rows_per_institution_mean": round(
             sum(int(inst["train_rows"]) for inst in trained) / max(1, len(trained)), 1
@@ -396,7 +450,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """Run one size in a subprocess (its own session), sampling its process tree's memory."""
     result_file = WORK / f"n{n}.result.json"
+    progress_file = WORK / f"n{n}.progress.json"
     result_file.unlink(missing_ok=True)
+    progress_file.unlink(missing_ok=True)
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -414,6 +470,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         str(args.parallel_nodes),
         "--json",
         str(result_file),
+        "--progress",
+        str(progress_file),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log(f"n={n}: starting ({args.rounds} rounds, {args.rows} rows per institution)")
@@ -443,6 +501,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     if error is None and child.returncode != 0:
         error = f"exited with status {child.returncode}"
     result: dict[str, Any] = json.loads(result_file.read_text()) if error is None else {"error": error}
+    if error is not None and progress_file.is_file():
+        result["progress_when_stopped"] = json.loads(progress_file.read_text())
     result.update(
         {
             "peak_rss_mib": round(sampler.peak_rss_kib / 1024, 1),
@@ -519,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-nodes", type=int, default=2, help="Ray node workers (at most the cores)")
     parser.add_argument("--timeout-minutes", type=float, default=60.0, help="per size; then it is stopped")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the subprocess of one size
+    parser.add_argument("--progress", type=Path, help=argparse.SUPPRESS)  # where it says how far it got
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is not counted")

@@ -16,7 +16,6 @@ pki_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
 
 DirOption = Annotated[
     Path | None,
@@ -48,6 +47,7 @@ def init_command(
     """Make the consortium CA and the coordinator's TLS certificate (keys written 0600)."""
     from coordinator.pki import PkiError, init_pki
 
+    console = Console()
     folder = _folder(directory)
     try:
         layout = init_pki(folder, host, organization=organization, ca_days=ca_days, cert_days=days)
@@ -68,6 +68,7 @@ def add_node_command(
     """Make an institution's SuperNode authentication key (NIST P-384, OpenSSH format)."""
     from coordinator.pki import PkiError, add_node
 
+    console = Console()
     try:
         private, public = add_node(_folder(directory), name)
     except PkiError as exc:
@@ -84,6 +85,7 @@ def status_command(
     """Every certificate and key: expiry, signature, permissions. Exit 2 when one is expired or invalid."""
     from coordinator.pki import PkiError, status
 
+    console = Console()  # made here: the terminal's width now, not when the module loaded
     try:
         items = status(_folder(directory), warn_days)
     except PkiError as exc:

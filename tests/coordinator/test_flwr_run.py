@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,9 @@ from coordinator.pki import add_node, init_pki
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.scenarios import sme_federation
 from federation.model import load_model
-from policies.signing import generate_keypair, read_public_keys, sign_policy
+from policies.signing import generate_keypair, read_public_keys
+
+from ..deployed_federation import write_federation_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -37,41 +37,6 @@ def _toml(config: dict[str, str]) -> str:
     return " ".join(f'{k}="{v}"' for k, v in config.items())
 
 
-FEDERATION_POLICY = """format_version = 1
-kind = "federation"
-id = "federation.test-deployment"
-version = 1
-owner = "test"
-effective = 2026-01-01
-expires = 2099-12-31
-
-[[members]]
-name = "coordinator"
-role = "coordinator"
-public_key = "{coordinator}"
-{holders}
-[dataset]
-schema = "sme"
-schema_version = "1.0.0"
-
-[aggregation]
-strategy = "fedavg"
-rounds = 1
-max_rounds = 5
-min_institutions = 2
-
-[privacy]
-secure_aggregation = false
-delta = 1e-5
-
-[scoring]
-allowed_members = []
-allowed_purposes = ["credit_underwriting"]
-require_consent_reference = true
-requests_per_minute = 60
-"""
-
-
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -81,21 +46,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds:
                 return
         time.sleep(0.5)
     raise AssertionError(f"nothing listens on {port}: " + log.read_text(errors="replace")[-3000:])
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in reversed(started):  # stop every process we started, by PID (and its children)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in started:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_flwr_run_trains_over_tls_with_registered_nodes_only(
@@ -120,16 +70,16 @@ def test_flwr_run_trains_over_tls_with_registered_nodes_only(
         use_examples=False,
         coordinator_key=coordinator_pub,
     )
-    holders = "".join(
-        f'\n[[members]]\nname = "{n.institution}"\nrole = "data_holder"\n'
-        f'public_key = "{read_public_keys(n.node_key.with_suffix(".pub"))[0]}"\n'  # type: ignore[union-attr]
-        for n in nodes
+    policy = write_federation_policy(
+        tmp_path / "federation.toml",
+        keys / "consortium.key",
+        coordinator_pub,
+        nodes,
+        name="test-deployment",
+        rounds=1,
+        min_institutions=2,
+        secure_aggregation=False,
     )
-    policy = tmp_path / "federation.toml"
-    policy.write_text(
-        FEDERATION_POLICY.format(coordinator=coordinator_pub, holders=holders), encoding="utf-8"
-    )
-    sign_policy(policy, keys / "consortium.key")
 
     pki = init_pki(tmp_path / "pki", ["127.0.0.1", "localhost"])
     node_keys = {n.institution: add_node(pki.folder, n.institution) for n in nodes}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from federation.datasets.scenarios import sme_federation
 from policies.audit import AuditEntry, create_audit_engine
 from policies.signing import generate_keypair, read_public_keys, sign_policy
 
+from ..deployed_federation import write_federation_policy
+
 BIN = Path(sys.executable).parent
 SUBNET = "10.231.0"
 COORDINATOR_IP = f"{SUBNET}.1"
@@ -50,40 +51,6 @@ pytestmark = [
         os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 (ip netns)"
     ),
 ]
-
-POLICY = """format_version = 1
-kind = "federation"
-id = "federation.namespaces"
-version = 1
-owner = "test"
-effective = 2026-01-01
-expires = 2099-12-31
-
-[[members]]
-name = "coordinator"
-role = "coordinator"
-public_key = "{coordinator}"
-{holders}
-[dataset]
-schema = "sme"
-schema_version = "1.0.0"
-
-[aggregation]
-strategy = "fedavg"
-rounds = 3
-max_rounds = 5
-min_institutions = 3
-
-[privacy]
-secure_aggregation = true
-delta = 1e-5
-
-[scoring]
-allowed_members = ["{scorer}"]
-allowed_purposes = ["credit_underwriting"]
-require_consent_reference = false
-requests_per_minute = 600
-"""
 
 
 @dataclass
@@ -128,21 +95,6 @@ def hosts() -> Iterator[Hosts]:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in reversed(started):  # stop every process we started, by PID (and its group)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in started:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _reachable(address: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -182,17 +134,17 @@ def test_three_institutions_on_their_own_hosts_train_over_tls_and_the_model_is_s
     denier.policy.write_text(denier.policy.read_text().replace(coordinator_pub, other), encoding="utf-8")
     sign_policy(denier.policy, tmp_path / "policies" / "keys" / "simulation_compliance.key")
 
-    holders = "".join(
-        f'\n[[members]]\nname = "{n.institution}"\nrole = "data_holder"\n'
-        f'public_key = "{read_public_keys(n.node_key.with_suffix(".pub"))[0]}"\n'  # type: ignore[union-attr]
-        for n in nodes
+    policy = write_federation_policy(
+        tmp_path / "coordinator" / "federation.toml",
+        keys / "consortium.key",
+        coordinator_pub,
+        nodes,
+        name="namespaces",
+        rounds=3,
+        min_institutions=3,
+        secure_aggregation=True,
+        scorers=[nodes[0].institution],
     )
-    policy = tmp_path / "coordinator" / "federation.toml"
-    policy.write_text(
-        POLICY.format(coordinator=coordinator_pub, holders=holders, scorer=nodes[0].institution),
-        encoding="utf-8",
-    )
-    sign_policy(policy, keys / "consortium.key")
     pki = init_pki(tmp_path / "coordinator" / "pki", [COORDINATOR_IP])
     for node in nodes:
         add_node(pki.folder, node.institution)
