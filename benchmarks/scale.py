@@ -503,6 +503,14 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(result_file.read_text()) if error is None else {"error": error}
     if error is not None and progress_file.is_file():
         result["progress_when_stopped"] = json.loads(progress_file.read_text())
+    shares, threshold = secagg_neighbourhood(n, args.share_factor)
+    for key, value in (
+        ("num_shares", shares),
+        ("reconstruction_threshold", threshold),
+        ("rows_per_institution", args.rows),
+        ("rounds", args.rounds),
+    ):
+        result.setdefault(key, value)
     result.update(
         {
             "peak_rss_mib": round(sampler.peak_rss_kib / 1024, 1),

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ import numpy as np
 import torch
 from fastapi import FastAPI
 from pydantic_core import to_json
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlmodel import Session, func, select
 
 from coordinator.service.demo import free_port
@@ -49,7 +52,7 @@ from federation.schema import resolve_schema
 from federation.training import mean_raw_contributions
 from policies.audit import AuditEntry, create_audit_engine
 from policies.demo_keys import DEMO_COORDINATOR_KEY, EXAMPLES
-from policies.documents import load_policy
+from policies.documents import FederationPolicy, load_policy
 from policies.member_keys import issue
 from policies.registry import Registration, register
 from policies.signing import sign_policy
@@ -67,13 +70,24 @@ async def constant() -> dict[str, float]:
     return {"probability_of_default": 0.01}
 
 
+def own_schema(url: str) -> tuple[str, str | None]:
+    """``url`` itself for SQLite; for PostgreSQL, the URL of a new schema of its own (and its name)."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return url, None
+    schema = f"fedcredit_bench_{uuid.uuid4().hex[:10]}"
+    with create_engine(url).begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}", schema
+
+
 def applicants(rows: int, seed: int) -> list[dict[str, Any]]:
     """Synthetic SME applicants as members send them (no label, no protected attributes)."""
     schema = resolve_schema("sme")
     frame = generate_sme(rows, seed=seed)
     keep = [schema.id_column, *(c.name for c in schema.features())]
     frame = frame[keep].astype(object).where(frame[keep].notna(), None)
-    return frame.to_dict(orient="records")  # type: ignore[return-value]
+    return frame.to_dict(orient="records")
 
 
 def prepare(folder: Path, url: str) -> tuple[Path, str]:
@@ -282,8 +296,8 @@ def in_process(body: bytes, policy: Path, url: str) -> float:
         version = active_version(session, federation.header.id)
     assert version is not None
     serving = ServingModel.load(version, schema)
+    assert isinstance(federation, FederationPolicy) and federation.scoring is not None
     rules = federation.scoring
-    assert rules is not None
     _, batch_model = request_models(schema, rules.max_batch)
     best = 0.0
     for _ in range(3):
@@ -299,7 +313,11 @@ def in_process(body: bytes, policy: Path, url: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--db", help="database URL (default: a SQLite file in a temporary folder)")
+    parser.add_argument(
+        "--db",
+        help="database URL (default: a SQLite file in a temporary folder); on PostgreSQL the "
+        "benchmark works in a schema of its own and drops it at the end",
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -307,7 +325,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="fedcredit-scoring-bench-"))
-    url = args.db or f"sqlite:///{folder / 'fedcredit.db'}"
+    url, schema = own_schema(args.db) if args.db else (f"sqlite:///{folder / 'fedcredit.db'}", None)
     try:
         policy, token = prepare(folder, url)
         env = {**os.environ, "FEDCREDIT_VAR_DIR": str(folder), "PYTHONPATH": str(ROOT)}
@@ -384,11 +402,14 @@ def main() -> None:
         with Session(create_audit_engine(url)) as session:
             queries = session.exec(
                 select(func.count()).select_from(AuditEntry).where(AuditEntry.action.startswith("query."))
-            ).one()  # type: ignore[attr-defined]
+            ).one()
         expected = 300 + args.requests + int(200.0 * args.seconds) + args.batches
         process_rate = in_process(batch_body, policy, url)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if schema is not None:
+            with create_engine(args.db).begin() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     figures = {
         "single": {
             "rps": round(single["rps"], 1),
@@ -410,7 +431,7 @@ def main() -> None:
     }
     print(json.dumps(figures, indent=2))
     targets = {
-        "ratio_to_floor >= 0.5": figures["single"]["ratio_to_floor"] >= 0.5,  # type: ignore[index]
+        "ratio_to_floor >= 0.5": single["rps"] / bare["rps"] >= 0.5,
         "at_200_rps p99 <= 25 ms": paced["p99_ms"] <= 25,
         "batch >= 20,000 applicants/s": batch_rate >= 20_000,
         "every query audited": int(queries) == expected,
