@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from federation.loading import encode_frame
 from federation.model import FourDimensionModel, save_model
 from federation.model_card import ModelCard, schema_sha256
 from federation.normalization import local_moments, stats_from_moments
+from federation.processes import stop
 from federation.schema import resolve_schema
 from federation.training import mean_raw_contributions
 from policies.audit import AuditEntry, create_audit_engine
@@ -159,16 +159,6 @@ def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
             time.sleep(0.1)
     stop(process)
     raise RuntimeError(f"{command[0]} did not listen on port {port}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class Connection:
