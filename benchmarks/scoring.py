@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,11 +42,12 @@ from sqlmodel import Session, func, select
 
 from coordinator.service.demo import free_port
 from federation.datasets.synthetic import generate_sme
+from federation.errors import FedCreditError
 from federation.loading import encode_frame
 from federation.model import FourDimensionModel, save_model
 from federation.model_card import ModelCard, schema_sha256
 from federation.normalization import local_moments, stats_from_moments
-from federation.processes import stop
+from federation.processes import start, stop, wait_for_port
 from federation.schema import resolve_schema
 from federation.training import mean_raw_contributions
 from policies.audit import AuditEntry, create_audit_engine
@@ -142,23 +142,15 @@ def prepare(folder: Path, url: str) -> tuple[Path, str]:
     return policy, token
 
 
-def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{command[0]} exited: {process.stderr.read().decode()[-400:] if process.stderr else ''}"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
-        except OSError:
-            time.sleep(0.1)
-    stop(process)
-    raise RuntimeError(f"{command[0]} did not listen on port {port}")
+def serve(command: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a server (its output to ``log``, never an unread pipe) and wait until it listens."""
+    process = start(command, env, log)
+    try:
+        wait_for_port("127.0.0.1", port, process, log)
+    except FedCreditError:
+        stop(process)
+        raise
+    return process
 
 
 class Connection:
@@ -332,7 +324,7 @@ def main() -> None:
 
         port = free_port()
         fedcredit = str(Path(sys.executable).with_name("fedcredit"))
-        service = start(
+        service = serve(
             [
                 fedcredit,
                 "serve",
@@ -350,6 +342,7 @@ def main() -> None:
             ],
             port,
             env,
+            folder / "service.log",
         )
         try:
             raws = [request_bytes("/v1/scores", b, token) for b in singles]
@@ -363,7 +356,7 @@ def main() -> None:
             stop(service)
 
         floor_port = free_port()
-        floor = start(
+        floor = serve(
             [
                 sys.executable,
                 "-m",
@@ -379,6 +372,7 @@ def main() -> None:
             ],
             floor_port,
             env,
+            folder / "floor.log",
         )
         try:
             floor_raws = [request_bytes("/v1/scores", b, token) for b in singles]
