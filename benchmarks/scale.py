@@ -37,7 +37,9 @@ Where the time goes, per counted round: main_process_cpu_seconds_per_round (the
 coordinator, Flower's simulated SuperLink and its message pickup all run in the
 subprocess's main process) and linkstate_per_round, the calls into Flower's in-memory
 link state and the seconds spent in them (get_message_ins: the simulation engine's
-pickup loop, one call per node per pass, each scanning every message in flight).
+pickup loop, one call per new message (``coordinator.simulation.prompt_pickup``), each
+scanning the messages in flight up to it; get_message_res: the coordinator's poll for
+replies, one call per poll over every message still awaited).
 
 peak_rss_mib: every ~0.2 s a thread here sums VmRSS (/proc/<pid>/status) over the
 subprocess and all its descendants (Ray's GCS, raylet, dashboard agent, workers) and

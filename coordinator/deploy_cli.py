@@ -215,81 +215,204 @@ def _runs(env: dict[str, str], run_id: str | None = None) -> list[dict[str, Any]
     return list(payload.get("runs", []))
 
 
-@run_app.command("start")
-def run_start(
-    federation_policy: PolicyOption,
-    trust: TrustOption,
-    coordinator_key: Annotated[
-        Path, typer.Option(help="The coordinator's Ed25519 private key.", dir_okay=False)
-    ],
-    test_path: Annotated[
-        Path | None, typer.Option(help="A labelled test file the coordinator scores each round.")
-    ] = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="Where the run's report and model go.")] = None,
-    evaluate_on_nodes: Annotated[
-        bool, typer.Option(help="Nodes score each round's model on their holdout rows.")
-    ] = True,
-    wait: Annotated[bool, typer.Option(help="Follow the run to its end.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to follow the run before giving up.")] = 3600,
-    allow_demo_keys: DemoOption = False,
+KeyOption = Annotated[Path, typer.Option(help="The coordinator's Ed25519 private key.", dir_okay=False)]
+TestPathOption = Annotated[
+    Path | None, typer.Option(help="A labelled test file the coordinator scores each round.")
+]
+RunsDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Where runs keep their report, model and checkpoint \\[default: var/runs]."),
+]
+EvaluateOption = Annotated[bool, typer.Option(help="Nodes score each round's model on their holdout rows.")]
+WaitOption = Annotated[bool, typer.Option(help="Follow the run to its end.")]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds to follow the run before giving up.")]
+JoinTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        help="Seconds a round waits for the policy's minimum of institutions before the run fails, "
+        "naming who is missing.",
+        min=1,
+    ),
+]
+
+
+def _submit(
+    federation_policy: Path,
+    trust: Path,
+    coordinator_key: Path,
+    test_path: Path | None,
+    runs_dir: Path | None,
+    evaluate_on_nodes: bool,
+    wait: bool,
+    timeout: float,
+    join_timeout: float,
+    allow_demo_keys: bool,
+    resume_run: str | None = None,
 ) -> None:
-    """Submit a training run under the signed federation policy to the SuperLink and follow it."""
+    """``flwr run`` of this project under the signed federation policy; follow it when ``wait``."""
     from coordinator.settings import coordinator_settings
     from federation.processes import flower_env
 
     settings = coordinator_settings()
     env = flower_env(settings.flwr_home)
+    runs = (runs_dir or settings.runs_dir).resolve()
     config = {
         "federation-policy": str(federation_policy.resolve()),
         "federation-trust": str(trust.resolve()),
         "coordinator-key": str(coordinator_key.resolve()),
-        "runs-dir": str((runs_dir or settings.runs_dir).resolve()),
+        "runs-dir": str(runs),
     }
     if test_path is not None:
         config["test-path"] = str(test_path.resolve())
+    if resume_run is not None:
+        config["resume-run"] = resume_run
     run_config = " ".join(f'{k}="{v}"' for k, v in config.items())
     run_config += f" evaluate-on-nodes={str(evaluate_on_nodes).lower()}"
     run_config += f" allow-demo-keys={str(allow_demo_keys).lower()}"
+    run_config += f" join-timeout={join_timeout:g}"
     done = flwr(env, "run", str(PROJECT), CONNECTION, "--run-config", run_config, "--format", "json")
     try:
-        run_id = json.loads(done.stdout)["run-id"]
+        flower_id = json.loads(done.stdout)["run-id"]
     except (ValueError, KeyError, TypeError):
         raise fail(f"flwr run: {_last(done.stdout + done.stderr)}") from None
-    if run_id is None:
+    if flower_id is None:
         raise fail(f"the SuperLink refused the run: {_last(done.stdout + done.stderr)}")
-    console.print(f"run {run_id} submitted", highlight=False)
-    if not wait:
-        return
-    deadline, shown = time.monotonic() + timeout, ""
+    console.print(f"flwr run {flower_id} submitted", highlight=False)
+    if wait:
+        _follow(env, str(flower_id), runs, timeout)
+
+
+def _fedcredit_run(runs: Path, flower_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The FedCredit run (its id and status.json) that Flower's run ``flower_id`` is carrying out."""
+    from coordinator.deployment import read_status
+
+    for folder in runs.glob("*/"):
+        status = read_status(folder)
+        if status is not None and status.get("detail", "").startswith(f"flwr run {flower_id}"):
+            return folder.name, status
+    return None
+
+
+def _follow(env: dict[str, str], flower_id: str, runs: Path, timeout: float) -> None:
+    deadline, shown, named = time.monotonic() + timeout, "", None
     while time.monotonic() < deadline:
-        runs = _runs(env, run_id)
-        now = runs[0]["status"] if runs else "unknown"
+        found = _runs(env, flower_id)
+        now = found[0]["status"] if found else "unknown"
         if now != shown:
-            console.print(f"run {run_id}: {now}", highlight=False)
+            console.print(f"flwr run {flower_id}: {now}", highlight=False)
             shown = now
+        ours = _fedcredit_run(runs, flower_id)
+        if ours is not None and named is None:
+            named = ours[0]
+            console.print(f"fedcredit run {named}, folder {runs / named}", highlight=False)
         if now.startswith(FINISHED):
-            if now != f"{FINISHED}:completed":
-                raise fail(f"run {run_id} {now}: {runs[0].get('status-details') or 'see the SuperLink log'}")
-            return
+            if now == f"{FINISHED}:completed":
+                return
+            ours = _fedcredit_run(runs, flower_id) or ours
+            if ours is not None and ours[1].get("status") == "failed":
+                raise fail(
+                    f"run {ours[0]} failed after round {ours[1].get('last_completed_round', 0)}: "
+                    f"{ours[1].get('detail')}; once fixed: fedcredit run resume {ours[0]}"
+                )
+            raise fail(
+                f"flwr run {flower_id} {now}: {found[0].get('status-details') or 'see the SuperLink log'}"
+            )
         time.sleep(POLL_S)
     raise fail(
-        f"run {run_id} did not finish within {timeout:.0f} s (still {shown}); `fedcredit run stop {run_id}`"
+        f"flwr run {flower_id} did not finish within {timeout:.0f} s (still {shown}); "
+        f"`fedcredit run stop {flower_id}`"
     )
+
+
+@run_app.command("start")
+def run_start(
+    federation_policy: PolicyOption,
+    trust: TrustOption,
+    coordinator_key: KeyOption,
+    test_path: TestPathOption = None,
+    runs_dir: RunsDirOption = None,
+    evaluate_on_nodes: EvaluateOption = True,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 3600,
+    join_timeout: JoinTimeoutOption = 600,
+    allow_demo_keys: DemoOption = False,
+) -> None:
+    """Submit a training run under the signed federation policy to the SuperLink and follow it.
+
+    The coordinator saves the global model after every round; a run stopped by a fault
+    continues with `fedcredit run resume RUN`."""
+    _submit(
+        federation_policy, trust, coordinator_key, test_path, runs_dir, evaluate_on_nodes,
+        wait, timeout, join_timeout, allow_demo_keys,
+    )  # fmt: skip
+
+
+@run_app.command("resume")
+def run_resume(
+    run: Annotated[str, typer.Argument(help="The FedCredit run id (its folder under the runs folder).")],
+    federation_policy: PolicyOption,
+    trust: TrustOption,
+    coordinator_key: KeyOption,
+    test_path: TestPathOption = None,
+    runs_dir: RunsDirOption = None,
+    evaluate_on_nodes: EvaluateOption = True,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 3600,
+    join_timeout: JoinTimeoutOption = 600,
+    allow_demo_keys: DemoOption = False,
+) -> None:
+    """Continue a run stopped by a fault from its last completed round (same policy, same key).
+
+    Nodes answer each round once, so a round that had begun when the fault came is skipped."""
+    from coordinator.checkpoint import CheckpointError, load_checkpoint, next_round
+    from coordinator.settings import coordinator_settings
+
+    folder = (runs_dir or coordinator_settings().runs_dir).resolve() / run
+    try:
+        checkpoint = load_checkpoint(folder / "checkpoint")
+    except CheckpointError as exc:
+        raise fail(f"run {run}: {exc}") from None
+    if (folder / "report.json").is_file():
+        raise fail(f"run {run} completed already ({folder / 'report.json'}); nothing to resume")
+    console.print(
+        f"run {run}: round {checkpoint.completed_round} of {checkpoint.rounds} completed; "
+        f"continuing with round {next_round(checkpoint)}",
+        highlight=False,
+    )
+    _submit(
+        federation_policy, trust, coordinator_key, test_path, runs_dir, evaluate_on_nodes,
+        wait, timeout, join_timeout, allow_demo_keys, resume_run=run,
+    )  # fmt: skip
 
 
 @run_app.command("status")
 def run_status(
-    run_id: Annotated[str | None, typer.Argument(help="One run \\[default: all].")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="One Flower run \\[default: all].")] = None,
+    runs_dir: RunsDirOption = None,
 ) -> None:
-    """The SuperLink's runs and their status."""
+    """The SuperLink's runs and their status, then the coordinator's own runs and how far each got."""
+    from coordinator.deployment import read_status
     from coordinator.settings import coordinator_settings
     from federation.processes import flower_env
 
-    for run in _runs(flower_env(coordinator_settings().flwr_home), run_id):
+    settings = coordinator_settings()
+    for run in _runs(flower_env(settings.flwr_home), run_id):
         console.print(
-            f"{run['run-id']}  {run['status']:<22} {run.get('elapsed', '')}  {run.get('status-details', '')}",
+            f"flwr run {run['run-id']}  {run['status']:<22} {run.get('elapsed', '')}  "
+            f"{run.get('status-details', '')}",
             highlight=False,
         )
+    if run_id is not None:
+        return
+    runs = (runs_dir or settings.runs_dir).resolve()
+    for folder in sorted(runs.glob("*/")):
+        status = read_status(folder)
+        if status is not None:
+            console.print(
+                f"fedcredit run {folder.name}  {status.get('status', '?'):<9} after round "
+                f"{status.get('last_completed_round', 0)}  {status.get('detail', '')}",
+                highlight=False,
+            )
 
 
 @run_app.command("stop")

@@ -7,19 +7,24 @@ rounds and privacy come from a signed federation policy, never from the run conf
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from flwr.common import Context
 from flwr.serverapp import Grid
 
+from coordinator.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from coordinator.federation_policy import Asked, apply_federation_policy, verify_federation_policy
 from coordinator.prompt_grid import PromptGrid
 from coordinator.report import write_report
 from coordinator.run_settings import RunSettings
 from coordinator.server_app import Coordinator, RunOutcome
 from coordinator.settings import coordinator_settings
+from federation.atomic_files import write_files
 from federation.errors import FedCreditError
 from federation.hyperparameters import TrainConfig
 from policies.decisions import new_run_id
@@ -79,9 +84,13 @@ def settings_from_run_config(config: Mapping[str, Scalar]) -> RunSettings:
         )
     epsilon = _number(config, "epsilon", 0.0)
     asked = Asked(epsilon=epsilon if epsilon > 0 else None)
+    join_timeout = _number(config, "join-timeout", RunSettings.join_timeout_s)
+    if not 0 < join_timeout < float("inf"):
+        raise FedCreditError(f"run config join-timeout: must be a number of seconds > 0, got {join_timeout}")
     settings = RunSettings(
         schema=policy.schema,
-        run_id=new_run_id(),
+        run_id=_text(config, "resume-run") or new_run_id(),
+        join_timeout_s=join_timeout,
         coordinator_key=key,
         test_path=_path(config, "test-path"),
         train=TrainConfig(epochs=int(_number(config, "local-epochs", 1))),
@@ -94,13 +103,26 @@ def settings_from_run_config(config: Mapping[str, Scalar]) -> RunSettings:
 
 
 def run_deployed(grid: Grid, context: Context) -> Path:
-    """Run one federated training on the nodes the SuperLink offers; returns the run folder."""
+    """Run one federated training on the nodes the SuperLink offers; returns the run folder.
+
+    The global model is saved after every round in the run folder's ``checkpoint/``; with
+    ``resume-run`` in the run config the run of that id continues from there. A run that fails
+    leaves ``status.json`` in its folder with the reason."""
     started = time.perf_counter()
     settings = settings_from_run_config(context.run_config)
     runs = _path(context.run_config, "runs-dir") or coordinator_settings().runs_dir
     run_dir = runs / settings.run_id
+    settings = replace(settings, checkpoint_dir=run_dir / "checkpoint")
+    resuming = bool(_text(context.run_config, "resume-run"))
     outcome = RunOutcome()
-    Coordinator(settings, outcome)(PromptGrid(grid, coordinator_settings().poll_seconds), context)
+    grid = PromptGrid(grid, coordinator_settings().poll_seconds)
+    try:
+        resume = load_checkpoint(run_dir / "checkpoint") if resuming else None
+        write_status(run_dir, "running", f"flwr run {context.run_id}" + (" (resumed)" if resuming else ""))
+        Coordinator(settings, outcome, resume=resume)(grid, context)
+    except Exception as exc:
+        write_status(run_dir, "failed", str(exc) or type(exc).__name__)
+        raise
     write_report(
         run_dir,
         settings.run_id,
@@ -108,5 +130,27 @@ def run_deployed(grid: Grid, context: Context) -> Path:
         outcome,
         {"seconds": round(time.perf_counter() - started, 2), "engine": "deployment"},
     )
+    write_status(run_dir, "completed", f"report {run_dir / 'report.json'}")
     print(f"fedcredit run {settings.run_id}: report {run_dir / 'report.json'}", flush=True)
     return run_dir
+
+
+STATUS_FILE = "status.json"
+
+
+def write_status(run_dir: Path, status: str, detail: str) -> None:
+    """The run's outcome as the coordinator's operator reads it (``fedcredit run status``)."""
+    checkpoint = run_dir / "checkpoint" / CHECKPOINT_FILE
+    completed = (
+        json.loads(checkpoint.read_text(encoding="utf-8"))["completed_round"] if checkpoint.is_file() else 0
+    )
+    document = {"status": status, "detail": detail, "last_completed_round": completed}
+    write_files([(run_dir / STATUS_FILE, json.dumps(document, indent=1).encode(), 0o644)])
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / STATUS_FILE
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None

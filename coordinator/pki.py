@@ -20,7 +20,6 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
 import stat
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from federation.atomic_files import write_files
 from federation.errors import FedCreditError
 
 CA_DAYS = 3650
@@ -125,28 +125,6 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_all(files: list[tuple[Path, bytes, int]]) -> None:
-    """Write every file under a temporary name, then rename them into place; on any failure
-    remove what was written. Modes are set at creation (a key is never readable by others)."""
-    temporary: list[tuple[Path, Path]] = []
-    try:
-        for path, data, mode in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            temporary.append((tmp, path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        for tmp, path in temporary:
-            os.replace(tmp, path)
-    except OSError:
-        for tmp, _ in temporary:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def init_pki(
     folder: Path,
     hosts: Sequence[str],
@@ -213,7 +191,7 @@ def init_pki(
         .sign(ca_key, hashes.SHA384())
     )
     pem = serialization.Encoding.PEM
-    _write_all(
+    write_files(
         [
             (layout.ca_key, _pem_key(ca_key), 0o600),
             (layout.key, _pem_key(key), 0o600),
@@ -240,7 +218,7 @@ def add_node(folder: Path, name: str) -> tuple[Path, Path]:
             f"{private} exists: node {name!r} already has a key (remove it deliberately to replace it)"
         )
     key = ec.generate_private_key(ec.SECP384R1())
-    _write_all(
+    write_files(
         [
             (
                 private,

@@ -50,6 +50,16 @@ def _clean(metrics: dict[str, Scalar]) -> dict[str, Any]:
 Identify = Callable[[ClientProxy, dict[str, Scalar], str, int], str]
 # a refusal -> the member who signed it, None if no member did
 AttributeRefusal = Callable[[Refusal], str | None]
+# (round, its aggregated weights; or None: the round began, or its log changed) -> saved
+Checkpointer = Callable[[int, Parameters | None], None]
+
+
+@dataclass(frozen=True)
+class Availability:
+    """How long a round waits for the institutions it needs, and who is missing when they are not there."""
+
+    timeout_s: float
+    missing: Callable[[], list[str]]  # the members whose nodes are not connected now
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -89,6 +99,9 @@ class RecordingStrategy(Strategy):
         on_refusal: Callable[[int, str, Refusal], None] | None = None,
         on_round_end: Callable[[int], None] | None = None,
         phase: str = "training",
+        checkpoint: Checkpointer | None = None,
+        availability: Availability | None = None,
+        min_evaluate: int = 0,
     ) -> None:
         super().__init__()
         self.phase = phase
@@ -99,6 +112,9 @@ class RecordingStrategy(Strategy):
         self.min_results = min_results
         self.on_refusal = on_refusal
         self.on_round_end = on_round_end
+        self.checkpoint = checkpoint
+        self.availability = availability
+        self.min_evaluate = min_evaluate
         self._fit_started = 0.0
 
     def _attributed(
@@ -143,9 +159,12 @@ class RecordingStrategy(Strategy):
             for f in self.log.failures
             if f["round"] == server_round
         ]
+        missing = self.availability.missing() if self.availability is not None else []
         return RunCannotContinueError(
             f"{self.phase} round {server_round}: {what}, the run requires at least {self.min_results} "
-            "institutions; the run stops" + (f"; refused: {'; '.join(refused)}" if refused else "")
+            "institutions; the run stops"
+            + (f"; refused: {'; '.join(refused)}" if refused else "")
+            + (f"; not connected: {', '.join(missing)}" if missing else "")
         )
 
     def halted(self, server_round: int, stage: str, failures: Sequence[object]) -> RunCannotContinueError:
@@ -161,9 +180,26 @@ class RecordingStrategy(Strategy):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
 
+    def _await(self, server_round: int, needed: int, client_manager: ClientManager) -> None:
+        """Wait until ``needed`` nodes are connected; the run stops, naming who is missing, if they are not."""
+        if self.availability is None or needed <= 0 or client_manager.num_available() >= needed:
+            return
+        if client_manager.wait_for(needed, timeout=max(1, math.ceil(self.availability.timeout_s))):
+            return
+        missing = self.availability.missing()
+        raise RunCannotContinueError(
+            f"{self.phase} round {server_round}: {client_manager.num_available()} institution(s) connected "
+            f"after waiting {self.availability.timeout_s:g} s, the run requires at least {needed}"
+            + (f"; not connected: {', '.join(missing)}" if missing else "")
+            + "; the run stops (fedcredit run resume continues it from its last completed round)"
+        )
+
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        self._await(server_round, self.min_results, client_manager)
+        if self.checkpoint is not None:  # before any message leaves: the round has begun
+            self.checkpoint(server_round, None)
         self._fit_started = time.perf_counter()
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
@@ -198,11 +234,14 @@ class RecordingStrategy(Strategy):
             self.log.central.append(
                 {"round": server_round, "fit_seconds": time.perf_counter() - self._fit_started}
             )
+        if self.checkpoint is not None and parameters is not None:
+            self.checkpoint(server_round, parameters)
         return parameters, metrics
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        self._await(server_round, self.min_evaluate, client_manager)
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(
@@ -218,6 +257,8 @@ class RecordingStrategy(Strategy):
             if res.num_examples:
                 self.log.round_entry(name, server_round).update(_clean(res.metrics), loss=res.loss)
         self._failures(server_round, "evaluate", failures)
+        if self.checkpoint is not None:
+            self.checkpoint(server_round, None)
         return self.inner.aggregate_evaluate(server_round, results, failures)
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
@@ -229,4 +270,6 @@ class RecordingStrategy(Strategy):
                 self.log.central[-1].update(entry)
             else:
                 self.log.central.append(entry)
+            if self.checkpoint is not None:
+                self.checkpoint(server_round, None)
         return result

@@ -44,6 +44,8 @@ class RunSettings:
     demo_keys: bool = False  # signed with FedCredit's published demo keys: report and audit say DEMO
     federation_policy_sha256: str | None = None  # the signed federation policy the run follows, if any
     federation_id: str = "local"  # the federation policy's id: the model registry files versions under it
+    join_timeout_s: float = 600.0  # how long a round waits for min_institutions nodes before the run fails
+    checkpoint_dir: Path | None = None  # the global model after every round goes here (None: nowhere)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -58,5 +60,7 @@ class RunSettings:
             raise ValueError(f"epsilon must be finite and > 0 (or None for no DP), got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if not 0 < self.join_timeout_s < float("inf"):
+            raise ValueError(f"join_timeout_s must be finite and > 0, got {self.join_timeout_s}")
         if not 0 < self.approve_below_pd < 1:
             raise ValueError(f"approve_below_pd must be in (0, 1), got {self.approve_below_pd}")

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import Context, NDArrays, Scalar, ndarrays_to_parameters
+from flwr.common import (
+    Context,
+    NDArrays,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg, FedProx, Strategy
@@ -30,9 +37,23 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid
 from sqlmodel import Session
 
+from coordinator.checkpoint import (
+    Checkpoint,
+    ResumedRounds,
+    check_resumable,
+    next_round,
+    resumed_request,
+    save_checkpoint,
+)
 from coordinator.client_dp import ClientLevelDPStrategy
 from coordinator.prompt_grid import PromptGrid
-from coordinator.recording import Identify, RecordingStrategy, RoundLog, UnattributedReplyError
+from coordinator.recording import (
+    Availability,
+    Identify,
+    RecordingStrategy,
+    RoundLog,
+    UnattributedReplyError,
+)
 from coordinator.run_settings import RunSettings
 from coordinator.secure_aggregation import STATS_CLIPPING_RANGE, WEIGHT_CLIPPING_RANGE, secagg_workflow
 from coordinator.settings import coordinator_settings
@@ -111,10 +132,23 @@ class Coordinator:
     """Runs the two phases against whatever nodes the grid offers."""
 
     def __init__(
-        self, settings: RunSettings, outcome: RunOutcome, on_round: RoundCallback | None = None
+        self,
+        settings: RunSettings,
+        outcome: RunOutcome,
+        on_round: RoundCallback | None = None,
+        resume: Checkpoint | None = None,
     ) -> None:
         self.settings = settings
         self.outcome = outcome
+        self.resume = resume
+        if resume is not None:
+            check_resumable(resume, settings)
+            outcome.log = resume.log
+        self._stats: NormStats | None = None
+        self._weights: NDArrays = []
+        self._registered: dict[int, str] = {}  # node id -> the name its key was registered under
+        self._grid: Grid | None = None
+        self._completed = self._started = 0 if resume is None else resume.completed_round
         self.on_round = on_round
         self.schema: Schema = resolve_schema(settings.schema)
         self.layout = FeatureLayout.from_schema(self.schema)
@@ -128,7 +162,10 @@ class Coordinator:
                 f"{settings.coordinator_key} is FedCredit's published demo key {demo}, which anyone can "
                 "sign with: refused unless the run is marked as a demo (RunSettings.demo_keys)"
             )
-        self.request = sign_request(training_request(settings, self.schema), self.key)
+        asked = training_request(settings, self.schema)
+        self.request = (
+            sign_request(asked, self.key) if resume is None else resumed_request(resume, asked, self.key)
+        )
         outcome.request_digest = self.request.digest
         self.audit = create_audit_engine(settings.audit_url)
         self.members = dict(settings.members)
@@ -181,6 +218,19 @@ class Coordinator:
                 if isinstance(signature, str)
                 else None
             )
+            registered = self._registered_name(int(proxy.cid))
+            if member is not None and registered is not None and registered != member:
+                self._audit(
+                    f"{stage}.misattributed",
+                    f"{self.settings.run_id}/{registered}/{kind}-{server_round}",
+                    decision="deny",
+                    rules=["deny.reply_signed_by_another_member"],
+                    input_sha256=self.request.digest,
+                )
+                raise UnattributedReplyError(
+                    f"{kind} round {server_round}: the node registered as {registered} sent a reply "
+                    f"signed by {member}'s key; the run stops rather than count it"
+                )
             if member is None:
                 self._audit(
                     f"{stage}.unattributed",
@@ -196,6 +246,49 @@ class Coordinator:
             return member
 
         return identify
+
+    def _registered_name(self, node_id: int) -> str | None:
+        """The name the node's authentication key was registered under at the SuperLink, if any."""
+        if node_id not in self._registered and self._grid is not None:
+            self._registered.update({n.node_id: n.name for n in self._grid.get_nodes() if n.name})
+        return self._registered.get(node_id)
+
+    def _missing(self) -> list[str]:
+        """Data holders with no node connected, by registered name; empty when nodes carry no names."""
+        if self._grid is None:
+            return []
+        connected = {n.node_id: n.name for n in self._grid.get_nodes()}
+        if not any(connected.values()):
+            return []
+        self._registered.update({k: v for k, v in connected.items() if v})
+        return sorted(set(self.members) - set(connected.values()))
+
+    def _checkpoint(self, server_round: int, parameters: Parameters | None) -> None:
+        """The global model after ``server_round`` and the round log so far, where the run keeps them.
+
+        Without ``parameters``: the round's log changed or, for a round past the last aggregated
+        one, the round began (its messages may reach nodes, which answer a round only once)."""
+        if parameters is not None:
+            self._weights = parameters_to_ndarrays(parameters)
+            self._completed = server_round
+        self._started = max(self._started, server_round)
+        if self.settings.checkpoint_dir is None or self._stats is None or not self._weights:
+            return
+        save_checkpoint(
+            self.settings.checkpoint_dir,
+            Checkpoint(
+                run_id=self.settings.run_id,
+                federation_policy_sha256=self.settings.federation_policy_sha256,
+                schema=self.settings.schema,
+                rounds=self.settings.rounds,
+                completed_round=self._completed,
+                started_round=self._started,
+                request=self.request.to_wire().decode(),
+                stats=self._stats,
+                weights=self._weights,
+                log=self.outcome.log,
+            ),
+        )
 
     def _on_refusal(self, phase: str, server_round: int, stage: str, refusal: Refusal) -> None:
         member = self._attribute_refusal(refusal) or f"unverified-{refusal.institution}"
@@ -235,6 +328,13 @@ class Coordinator:
             on_refusal=lambda r, stage, refusal: self._on_refusal(phase, r, stage, refusal),
             on_round_end=self._on_round_end if phase == P.PHASE_TRAIN else None,
             phase="training" if phase == P.PHASE_TRAIN else phase,
+            checkpoint=self._checkpoint if phase == P.PHASE_TRAIN else None,
+            availability=Availability(self.settings.join_timeout_s, self._missing),
+            min_evaluate=(
+                self.settings.min_institutions
+                if phase == P.PHASE_TRAIN and self.settings.evaluate_on_nodes
+                else 0
+            ),
         )
 
     def _model_config(self, stats: NormStats) -> dict[str, Scalar]:
@@ -328,7 +428,7 @@ class Coordinator:
         )
         return fairness_report(average, attributes, float(sum(weights)), cutoff)
 
-    def training_strategy(self, stats: NormStats) -> Strategy:
+    def training_strategy(self, stats: NormStats, initial: NDArrays | None = None) -> Strategy:
         train = self.settings.train
         fit_config = {
             **self._model_config(stats),
@@ -346,7 +446,9 @@ class Coordinator:
             "min_available_clients": self.settings.min_institutions,
             "on_fit_config_fn": lambda server_round: {**fit_config, P.ROUND: server_round},
             "on_evaluate_config_fn": lambda server_round: {**eval_config, P.ROUND: server_round},
-            "initial_parameters": ndarrays_to_parameters(trainable_weights(self.new_model(stats))),
+            "initial_parameters": ndarrays_to_parameters(
+                initial if initial is not None else trainable_weights(self.new_model(stats))
+            ),
             "evaluate_fn": self._evaluate_fn(stats) if self.test is not None else None,
             "fit_metrics_aggregation_fn": weighted_mean_metrics,
             "evaluate_metrics_aggregation_fn": weighted_mean_metrics,
@@ -383,7 +485,13 @@ class Coordinator:
         return evaluate
 
     def __call__(self, grid: Grid, context: Context) -> None:
-        self._signed_audit("run.start", self.settings.run_id)
+        self._grid = grid
+        if self.resume is None:
+            self._signed_audit("run.start", self.settings.run_id)
+        else:
+            self._signed_audit(
+                "run.resume", self.settings.run_id, rules=[f"after_round_{self.resume.completed_round}"]
+            )
         try:
             if not self.members:
                 raise ValueError("the run names no member institutions; no reply could be attributed")
@@ -394,13 +502,25 @@ class Coordinator:
         self._signed_audit("run.end", self.settings.run_id, decision="completed")
 
     def _run(self, grid: Grid, context: Context) -> None:
-        stats = self.normalization_phase(grid, context)
-        strategy = self._recording(self.training_strategy(stats), self.outcome.log, P.PHASE_TRAIN)
-        self._workflow(grid, WEIGHT_CLIPPING_RANGE, equal_weights=self.settings.client_dp is not None)(
-            grid, LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds), strategy)
-        )
+        resume = self.resume
+        stats = self.normalization_phase(grid, context) if resume is None else resume.stats
+        self._stats = stats
+        done = 0 if resume is None else next_round(resume) - 1  # a round that began is not asked again
+        weights = None if resume is None else resume.weights
+        if done < self.settings.rounds:
+            strategy: Strategy = self._recording(
+                self.training_strategy(stats, weights), self.outcome.log, P.PHASE_TRAIN
+            )
+            if done:
+                strategy = ResumedRounds(strategy, done)
+            self._workflow(grid, WEIGHT_CLIPPING_RANGE, equal_weights=self.settings.client_dp is not None)(
+                grid,
+                LegacyContext(context, ServerConfig(num_rounds=self.settings.rounds - done), strategy),
+            )
+            weights = _global_weights(context)
+        assert weights is not None
         model = self.new_model(stats)
-        load_trainable_weights(model, _global_weights(context))
+        load_trainable_weights(model, weights)
         # before the reference: a node's reference ends the run there
         self.outcome.fairness = self.fairness_phase(grid, context, model, stats)
         model.set_reference(self.reference_phase(grid, context, model, stats))
@@ -411,11 +531,14 @@ class Coordinator:
 
 
 def build_server_app(
-    settings: RunSettings, outcome: RunOutcome, on_round: RoundCallback | None = None
+    settings: RunSettings,
+    outcome: RunOutcome,
+    on_round: RoundCallback | None = None,
+    resume: Checkpoint | None = None,
 ) -> ServerApp:
-    """A ServerApp that runs ``settings`` and fills ``outcome``."""
+    """A ServerApp that runs ``settings`` (from ``resume``'s round when given) and fills ``outcome``."""
     app = ServerApp()
-    coordinator = Coordinator(settings, outcome, on_round)
+    coordinator = Coordinator(settings, outcome, on_round, resume)
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:

@@ -12,6 +12,7 @@ from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
 from clients.client_app import build_client_app
+from coordinator.checkpoint import Checkpoint
 from coordinator.federation_policy import public_key_of
 from coordinator.run_settings import RunSettings
 from coordinator.server_app import RoundCallback, RunOutcome, build_server_app
@@ -52,8 +53,11 @@ def run_simulated_federation(
     parallel_nodes: int = 2,
     quiet: bool = True,
     outer_mods: Sequence[Mod] = (),
+    resume: Checkpoint | None = None,
 ) -> RunOutcome:
-    """Train across ``nodes`` on Flower's simulation engine; returns what the coordinator saw."""
+    """Train across ``nodes`` on Flower's simulation engine; returns what the coordinator saw.
+
+    With ``resume`` (a checkpoint of this run), training continues after its last completed round."""
     if len(nodes) < settings.min_institutions:
         raise ValueError(f"{len(nodes)} node(s), but the run needs at least {settings.min_institutions}")
     if not settings.members:  # the operator's own sandbox: its nodes are the members
@@ -78,7 +82,7 @@ def run_simulated_federation(
     if quiet:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     outcome = RunOutcome()
-    server_app = build_server_app(settings, outcome, on_round)
+    server_app = build_server_app(settings, outcome, on_round, resume)
     client_app = build_client_app(SimulatedNodeConfigs(nodes), outer_mods)
     cpus = max(1, min(parallel_nodes, os.cpu_count() or 1))
     run_simulation(

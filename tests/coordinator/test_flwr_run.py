@@ -20,17 +20,11 @@ from federation.datasets.scenarios import sme_federation
 from federation.model import load_model
 from policies.signing import generate_keypair, read_public_keys
 
-from ..deployed_federation import write_federation_policy
+from ..deployed_federation import free_port, write_federation_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml(config: dict[str, str]) -> str:
@@ -84,7 +78,7 @@ def test_flwr_run_trains_over_tls_with_registered_nodes_only(
     pki = init_pki(tmp_path / "pki", ["127.0.0.1", "localhost"])
     node_keys = {n.institution: add_node(pki.folder, n.institution) for n in nodes}
     stranger_key, _ = add_node(pki.folder, "stranger")  # made by the same PKI, never registered
-    port = _free_port()  # Flower 1.42 serves its runtime, fleet and control APIs on one HTTP port
+    port = free_port()  # Flower 1.42 serves its runtime, fleet and control APIs on one HTTP port
     log = (tmp_path / "superlink.log").open("wb")
     processes.append(
         subprocess.Popen(
@@ -130,7 +124,7 @@ def test_flwr_run_trains_over_tls_with_registered_nodes_only(
                 f"--auth-supernode-private-key={key}",
                 f"--superlink=127.0.0.1:{port}",
                 "--host=127.0.0.1",
-                f"--port={_free_port()}",
+                f"--port={free_port()}",
                 f"--node-config={config}",
                 *extra,
             ],

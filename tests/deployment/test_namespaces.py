@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from federation.datasets.scenarios import sme_federation
 from policies.audit import AuditEntry, create_audit_engine
 from policies.signing import generate_keypair, read_public_keys, sign_policy
 
-from ..deployed_federation import write_federation_policy
+from ..deployed_federation import reachable, wait_until, write_federation_policy
 
 BIN = Path(sys.executable).parent
 SUBNET = "10.231.0"
@@ -93,22 +92,6 @@ def hosts() -> Iterator[Hosts]:
         for namespace, _ in made.hosts.values():
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
-
-
-def _reachable(address: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((address, port)) == 0
-
-
-def _wait(what: str, ready: object, proc: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if callable(ready) and ready():
-            return
-        assert proc.poll() is None, f"{what} exited: " + log.read_text(errors="replace")[-3000:]
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not ready after {seconds} s: " + log.read_text(errors="replace")[-3000:])
 
 
 def test_three_institutions_on_their_own_hosts_train_over_tls_and_the_model_is_served(
@@ -174,7 +157,7 @@ def test_three_institutions_on_their_own_hosts_train_over_tls_and_the_model_is_s
         start_new_session=True,
     )
     processes.append(coordinator)
-    _wait("coordinator", lambda: _reachable(COORDINATOR_IP, 8000), coordinator, coordinator_log, 180)
+    wait_until("coordinator", lambda: reachable(COORDINATOR_IP, 8000), coordinator, coordinator_log, 180)
 
     def node_start(host: str, node: SimulatedNode, auth_key: Path) -> tuple[subprocess.Popen[bytes], Path]:
         log = tmp_path / f"{host}.log"

@@ -1,50 +1,155 @@
-"""The simulation engine's message pickup, patched to a shorter interval."""
+"""The simulation engine's message pickup, patched: prompt, and one lookup per node with a new message."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from queue import Queue
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from queue import Empty, Queue
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from flwr.app import Message, Metadata, RecordDict
+from flwr.common.constant import HEARTBEAT_INTERVAL_INF, NOOP_ACCOUNT_NAME, NOOP_FLWR_AID, SUPERLINK_NODE_ID
+from flwr.proto.task_pb2 import Task
 from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
+from flwr.supercore.constant import NOOP_FEDERATION_ID
+from flwr.supercore.date import now
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.superlink.federation import NoOpFederationManager
 
-from coordinator.simulation.prompt_pickup import install_prompt_pickup
+from coordinator.simulation.prompt_pickup import install_prompt_pickup, nodes_with_new_messages
 
-
-class _State:
-    """The one LinkState call the pickup loop makes: pending messages for a node."""
-
-    def __init__(self) -> None:
-        self.pending: dict[int, deque[str]] = {1: deque(), 2: deque()}  # append/popleft are thread-safe
-
-    def get_message_ins(self, node_id: int, limit: int) -> list[str]:
-        pending = self.pending[node_id]
-        return [pending.popleft() for _ in range(min(limit, len(pending)))]
+RUN_ID = 7
 
 
-def test_messages_reach_the_node_queue_within_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+class CountingState(InMemoryLinkState):
+    """Flower's in-memory link state, as the simulation engine sets it up; counts the pickup's lookups."""
+
+    def __init__(self, nodes: int) -> None:
+        super().__init__(NoOpFederationManager(), ObjectStoreFactory().store())
+        run = Run.create_empty(run_id=RUN_ID)
+        run.primary_task_id, run.federation_id = 1, NOOP_FEDERATION_ID
+        self.run_ids[RUN_ID] = RunRecord(run=run)
+        self.task_store[1] = Task(task_id=1, run_id=RUN_ID)
+        self.mapping: dict[int, int] = {}  # node id -> partition id, as vce_api registers them
+        for partition in range(nodes):
+            node_id = self.create_node(
+                NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, uuid4().bytes * 2, heartbeat_interval=HEARTBEAT_INTERVAL_INF
+            )
+            self.acknowledge_node_heartbeat(node_id=node_id, heartbeat_interval=HEARTBEAT_INTERVAL_INF)
+            self.mapping[node_id] = partition
+        self.asked: list[int] = []
+
+    def get_message_ins(self, node_id: int, limit: int | None, *, run_id: int | None = None) -> list[Message]:
+        self.asked.append(node_id)
+        return super().get_message_ins(node_id, limit, run_id=run_id)
+
+    def push(self, node_id: int, ttl: float = 600.0) -> str:
+        """Store an instruction for ``node_id`` as the coordinator's grid does."""
+        metadata = Metadata(
+            run_id=RUN_ID,
+            message_id=str(uuid4()),
+            src_node_id=SUPERLINK_NODE_ID,
+            dst_node_id=node_id,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=now().timestamp(),
+            ttl=ttl,
+            message_type="train",
+        )
+        # the metadata-complete form Flower uses internally (not among the typed overloads)
+        message = Message(content=RecordDict(), metadata=metadata)  # type: ignore[call-overload]
+        stored = self.store_message_ins(message)
+        assert stored is not None
+        return stored
+
+
+@pytest.fixture
+def pickup(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], Any]:
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)  # restored after
-    assert install_prompt_pickup(0.005)
-    state, queue, stop = _State(), Queue[Any](), threading.Event()
-    loop = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, queue, {1: 0, 2: 1}, stop))
-    loop.start()
+
+    def install(poll_seconds: float) -> Any:
+        assert install_prompt_pickup(poll_seconds)
+        return vce_api.add_messages_to_queue
+
+    return install
+
+
+@contextmanager
+def running(loop: Any, state: CountingState) -> Iterator[Queue[Message]]:
+    queue: Queue[Message] = Queue()
+    stop = threading.Event()
+    thread = threading.Thread(target=loop, args=(state, queue, state.mapping, stop), daemon=True)
+    thread.start()
     try:
+        yield queue
+    finally:
+        stop.set()
+        thread.join(timeout=2.0)
+    assert not thread.is_alive()
+
+
+def test_messages_reach_their_node_once(pickup: Callable[[float], Any]) -> None:
+    state = CountingState(nodes=20)
+    nodes = list(state.mapping)
+    with running(pickup(0.005), state) as queue:
+        sent = {state.push(node): node for node in nodes[3:8]}
+        got = [queue.get(timeout=2.0) for _ in sent]
+        time.sleep(0.05)  # several more passes: nothing is handed out twice
+        with pytest.raises(Empty):
+            queue.get_nowait()
+    assert {m.metadata.message_id: m.metadata.dst_node_id for m in got} == sent
+    assert all(m.metadata.delivered_at != "" for m in got)  # marked by Flower's get_message_ins
+    assert set(state.message_ins_store) == set(sent)  # delivered, kept until the replies are pulled
+
+
+def test_an_idle_pass_asks_no_node(pickup: Callable[[float], Any]) -> None:
+    state = CountingState(nodes=50)
+    node = list(state.mapping)[17]
+    with running(pickup(0.002), state) as queue:
+        time.sleep(0.03)  # idle passes, nothing stored
+        assert state.asked == []
+        state.push(node)
+        assert queue.get(timeout=2.0).metadata.dst_node_id == node
+        time.sleep(0.03)  # idle passes with a delivered message in the store
+    assert state.asked == [node]  # Flower's own loop asks all 50 nodes in every pass
+
+
+def test_an_expired_message_is_dropped_by_flowers_check(pickup: Callable[[float], Any]) -> None:
+    state = CountingState(nodes=5)
+    node = list(state.mapping)[2]
+    state.push(node, ttl=0.05)
+    time.sleep(0.1)
+    assert nodes_with_new_messages(state, state.mapping) == [node]
+    with running(pickup(0.005), state) as queue:
+        time.sleep(0.05)
+        with pytest.raises(Empty):
+            queue.get_nowait()
+    assert state.message_ins_store == {}  # get_message_ins deleted it on its TTL
+
+
+def test_messages_reach_the_node_queue_within_the_interval(pickup: Callable[[float], Any]) -> None:
+    state = CountingState(nodes=2)
+    nodes = list(state.mapping)
+    with running(pickup(0.005), state) as queue:
         waits = []
         for i in range(10):
             time.sleep(0.013)
             started = time.perf_counter()
-            state.pending[1 + i % 2].append(f"train-{i}")
-            assert queue.get(timeout=1.0) == f"train-{i}"
+            message_id = state.push(nodes[i % 2])
+            assert queue.get(timeout=1.0).metadata.message_id == message_id
             waits.append(time.perf_counter() - started)
-        # Flower's own loop sleeps 0.1 s between passes: 0.05 s on average
-        assert sum(waits) / len(waits) < 0.03
-    finally:
-        stop.set()
-        loop.join(timeout=1.0)
-    assert not loop.is_alive()
+    # Flower's own loop sleeps 0.1 s between passes: 0.05 s on average
+    assert sum(waits) / len(waits) < 0.03
+
+
+def test_a_state_without_the_in_memory_store_has_every_node_asked() -> None:
+    assert nodes_with_new_messages(object(), {1: 0, 2: 1}) is None
 
 
 def test_a_non_positive_interval_is_refused() -> None:
