@@ -22,6 +22,7 @@ from flwr.client.mod import fixedclipping_mod
 from flwr.clientapp.typing import Mod
 from flwr.common import Context, NDArrays, Scalar
 
+from clients.message_log import message_log_mod
 from clients.node_data import NodeData, load_node_data
 from clients.policy_guard import (
     NodeConfigResolver,
@@ -320,4 +321,5 @@ def client_dp_clipping_mod(
     return call_next(msg, ctxt)
 
 
-app = build_client_app()
+# Flower's deployment engine loads this one: one line per round in the node's log
+app = build_client_app(outer_mods=[message_log_mod])

@@ -211,7 +211,7 @@ def _runs(env: dict[str, str], run_id: str | None = None) -> list[dict[str, Any]
     except ValueError:
         raise fail(f"flwr ls: {_last(done.stdout + done.stderr)}") from None
     if not payload.get("success", False):
-        raise fail(f"flwr ls: {payload.get('error-message', _last(done.stdout + done.stderr))}")
+        raise fail(f"flwr ls: {_last(str(payload.get('error-message') or done.stdout + done.stderr))}")
     return list(payload.get("runs", []))
 
 
@@ -272,9 +272,12 @@ def _submit(
     run_config += f" join-timeout={join_timeout:g}"
     done = flwr(env, "run", str(PROJECT), CONNECTION, "--run-config", run_config, "--format", "json")
     try:
-        flower_id = json.loads(done.stdout)["run-id"]
-    except (ValueError, KeyError, TypeError):
+        answer = json.loads(done.stdout)
+        flower_id = answer["run-id"] if answer.get("success", True) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise fail(f"flwr run: {_last(done.stdout + done.stderr)}") from None
+    if flower_id is None and answer.get("error-message"):
+        raise fail(f"flwr run: {_last(str(answer['error-message']))}")
     if flower_id is None:
         raise fail(f"the SuperLink refused the run: {_last(done.stdout + done.stderr)}")
     console.print(f"flwr run {flower_id} submitted", highlight=False)
@@ -288,7 +291,7 @@ def _fedcredit_run(runs: Path, flower_id: str) -> tuple[str, dict[str, Any]] | N
 
     for folder in runs.glob("*/"):
         status = read_status(folder)
-        if status is not None and status.get("detail", "").startswith(f"flwr run {flower_id}"):
+        if status is not None and status.get("flwr_run") == flower_id:
             return folder.name, status
     return None
 
@@ -410,7 +413,8 @@ def run_status(
         if status is not None:
             console.print(
                 f"fedcredit run {folder.name}  {status.get('status', '?'):<9} after round "
-                f"{status.get('last_completed_round', 0)}  {status.get('detail', '')}",
+                f"{status.get('last_completed_round', 0)}  flwr run {status.get('flwr_run', '?')}  "
+                f"{status.get('detail', '')}",
                 highlight=False,
             )
 

@@ -118,10 +118,10 @@ def run_deployed(grid: Grid, context: Context) -> Path:
     grid = PromptGrid(grid, coordinator_settings().poll_seconds)
     try:
         resume = load_checkpoint(run_dir / "checkpoint") if resuming else None
-        write_status(run_dir, "running", f"flwr run {context.run_id}" + (" (resumed)" if resuming else ""))
+        write_status(run_dir, "running", "resumed" if resuming else "started", context.run_id)
         Coordinator(settings, outcome, resume=resume)(grid, context)
     except Exception as exc:
-        write_status(run_dir, "failed", str(exc) or type(exc).__name__)
+        write_status(run_dir, "failed", str(exc) or type(exc).__name__, context.run_id)
         raise
     write_report(
         run_dir,
@@ -130,7 +130,7 @@ def run_deployed(grid: Grid, context: Context) -> Path:
         outcome,
         {"seconds": round(time.perf_counter() - started, 2), "engine": "deployment"},
     )
-    write_status(run_dir, "completed", f"report {run_dir / 'report.json'}")
+    write_status(run_dir, "completed", f"report {run_dir / 'report.json'}", context.run_id)
     print(f"fedcredit run {settings.run_id}: report {run_dir / 'report.json'}", flush=True)
     return run_dir
 
@@ -138,13 +138,18 @@ def run_deployed(grid: Grid, context: Context) -> Path:
 STATUS_FILE = "status.json"
 
 
-def write_status(run_dir: Path, status: str, detail: str) -> None:
+def write_status(run_dir: Path, status: str, detail: str, flower_run: int) -> None:
     """The run's outcome as the coordinator's operator reads it (``fedcredit run status``)."""
     checkpoint = run_dir / "checkpoint" / CHECKPOINT_FILE
     completed = (
         json.loads(checkpoint.read_text(encoding="utf-8"))["completed_round"] if checkpoint.is_file() else 0
     )
-    document = {"status": status, "detail": detail, "last_completed_round": completed}
+    document = {
+        "status": status,
+        "detail": detail,
+        "last_completed_round": completed,
+        "flwr_run": str(flower_run),
+    }
     write_files([(run_dir / STATUS_FILE, json.dumps(document, indent=1).encode(), 0o644)])
 
 

@@ -154,16 +154,16 @@ class RecordingStrategy(Strategy):
             self.log.failures.append(entry)
 
     def _cannot_continue(self, server_round: int, what: str) -> RunCannotContinueError:
-        refused = [
-            f"{f['institution']} ({', '.join(f['rules'])})" if "rules" in f else f"a node ({f['reason']})"
-            for f in self.log.failures
-            if f["round"] == server_round
-        ]
+        failed = [f for f in self.log.failures if f["round"] == server_round]
+        refused = [f"{f['institution']} ({', '.join(f['rules'])})" for f in failed if "rules" in f]
+        silent = sorted({f["reason"] for f in failed if "rules" not in f})
+        silent_count = sum(1 for f in failed if "rules" not in f)
         missing = self.availability.missing() if self.availability is not None else []
         return RunCannotContinueError(
             f"{self.phase} round {server_round}: {what}, the run requires at least {self.min_results} "
             "institutions; the run stops"
             + (f"; refused: {'; '.join(refused)}" if refused else "")
+            + (f"; {silent_count} node(s) did not answer ({'; '.join(silent)})" if silent else "")
             + (f"; not connected: {', '.join(missing)}" if missing else "")
         )
 
@@ -234,9 +234,15 @@ class RecordingStrategy(Strategy):
             self.log.central.append(
                 {"round": server_round, "fit_seconds": time.perf_counter() - self._fit_started}
             )
+        self._round_so_far(server_round)
         if self.checkpoint is not None and parameters is not None:
             self.checkpoint(server_round, parameters)
         return parameters, metrics
+
+    def _round_so_far(self, server_round: int) -> None:
+        """``round_seconds``: from the round's fit configuration to its latest aggregation step."""
+        if self.log.central and self.log.central[-1]["round"] == server_round and self._fit_started:
+            self.log.central[-1]["round_seconds"] = time.perf_counter() - self._fit_started
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -257,6 +263,7 @@ class RecordingStrategy(Strategy):
             if res.num_examples:
                 self.log.round_entry(name, server_round).update(_clean(res.metrics), loss=res.loss)
         self._failures(server_round, "evaluate", failures)
+        self._round_so_far(server_round)
         if self.checkpoint is not None:
             self.checkpoint(server_round, None)
         return self.inner.aggregate_evaluate(server_round, results, failures)
@@ -270,6 +277,7 @@ class RecordingStrategy(Strategy):
                 self.log.central[-1].update(entry)
             else:
                 self.log.central.append(entry)
+            self._round_so_far(server_round)
             if self.checkpoint is not None:
                 self.checkpoint(server_round, None)
         return result

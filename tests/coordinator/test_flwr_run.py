@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.local_deployment import free_port, write_federation_policy
 from coordinator.pki import add_node, init_pki
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.scenarios import sme_federation
 from federation.model import load_model
 from policies.signing import generate_keypair, read_public_keys
-
-from ..deployed_federation import free_port, write_federation_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

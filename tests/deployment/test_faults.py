@@ -16,119 +16,25 @@ Minutes of wall time (a node starts a process per message); it runs with ``make 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.pki import PkiLayout, add_node, init_pki
-from coordinator.simulation.nodes import SimulatedNode, with_policies
-from federation.datasets.scenarios import sme_federation
-from policies.signing import generate_keypair, read_public_keys
+from coordinator.local_deployment import LocalDeployment
+from federation.processes import BIN
 
-from ..deployed_federation import crash, free_port, reachable, wait_until, write_federation_policy
+from ..deployed_federation import crash
 
-BIN = Path(sys.executable).parent
 FEDCREDIT = str(BIN / "fedcredit")
 pytestmark = pytest.mark.deployment
 
 
-@dataclass
-class Deployment:
-    """One coordinator host and three institution hosts, all on loopback, each with its own folders."""
-
-    root: Path
-    processes: list[subprocess.Popen[bytes]]
-    port: int = field(default_factory=free_port)
-    nodes: list[SimulatedNode] = field(default_factory=list)
-    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        keys = self.root / "coordinator" / "keys"
-        generate_keypair(keys, "coordinator")
-        generate_keypair(keys, "consortium")
-        coordinator_pub = read_public_keys(keys / "coordinator.pub")[0]
-        federation = sme_federation(self.root / "data", 3, 3000, seed=7, test_rows=1000)
-        self.test_path = federation.test_path
-        self.nodes = with_policies(
-            [SimulatedNode(n, p, "sme") for n, p in sorted(federation.institutions.items())],
-            self.root / "policies",
-            use_examples=False,
-            coordinator_key=coordinator_pub,
-        )
-        self.policy = write_federation_policy(
-            self.root / "coordinator" / "federation.toml",
-            keys / "consortium.key",
-            coordinator_pub,
-            self.nodes,
-            name="faults",
-            rounds=3,
-            min_institutions=2,
-            secure_aggregation=False,  # one message per node per round: the faults, not SecAgg+, are tested
-        )
-        self.pki: PkiLayout = init_pki(self.root / "coordinator" / "pki", ["127.0.0.1"])
-        for node in self.nodes:
-            add_node(self.pki.folder, node.institution)
-        self.keys = keys
-        self.base_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FLWR_HOME")}
-        self.coordinator_env = {**self.base_env, "FEDCREDIT_VAR_DIR": str(self.root / "coordinator" / "var")}
-        self.runs = self.root / "coordinator" / "var" / "runs"
-        self.coordinator_log = self.root / "coordinator.log"
-
-    def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.processes.append(proc)
-        return proc
-
-    def start_coordinator(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn(
-            [
-                FEDCREDIT,
-                "coordinator",
-                "start",
-                f"--federation-policy={self.policy}",
-                f"--trust={self.keys / 'consortium.pub'}",
-                f"--pki={self.pki.folder}",
-                f"--address=127.0.0.1:{self.port}",
-                "--listen=127.0.0.1",
-                f"--state={self.root / 'coordinator' / 'superlink.db'}",
-            ],
-            self.coordinator_env,
-            self.coordinator_log,
-        )
-        wait_until("coordinator", lambda: reachable("127.0.0.1", self.port), proc, self.coordinator_log, 180)
-        self.running["coordinator"] = proc
-        return proc
-
-    def start_node(self, index: int) -> None:
-        node = self.nodes[index]
-        host = f"bank{index + 1}"
-        self.running[host] = self._spawn(
-            [
-                FEDCREDIT,
-                "node",
-                "start",
-                f"--data-path={node.data_path}",
-                f"--policy={node.policy}",
-                f"--trust={node.trusted_policy_keys}",
-                f"--node-key={node.node_key}",
-                "--schema=sme",
-                f"--superlink=127.0.0.1:{self.port}",
-                f"--ca={self.pki.ca_cert}",
-                f"--auth-key={self.pki.node_key(node.institution)}",
-                f"--port={free_port()}",
-            ],
-            {**self.base_env, "FEDCREDIT_VAR_DIR": str(self.root / host / "var")},
-            self.root / f"{host}.log",
-        )
+class Deployment(LocalDeployment):
+    """The local deployment, with crashes and a background ``run start``."""
 
     def crash(self, host: str) -> None:
         proc = self.running.pop(host)
@@ -145,25 +51,12 @@ class Deployment:
         crash(superlink)
         self.running.pop("coordinator").wait(timeout=60)
 
-    def command(self, *args: str) -> list[str]:
-        return [
-            FEDCREDIT,
-            "run",
-            *args,
-            f"--federation-policy={self.policy}",
-            f"--trust={self.keys / 'consortium.pub'}",
-            f"--coordinator-key={self.keys / 'coordinator.key'}",
-            f"--test-path={self.test_path}",
-            "--no-evaluate-on-nodes",
-            "--join-timeout=90",
-            "--timeout=900",
-        ]
-
     def submit(self, log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
-        """``run start`` in the background, following the run; the run's folder once it has one."""
+        """With every node online, ``run start`` in the background; the run's folder once it has one."""
+        self.wait_online(3)
         before = set(self.runs.glob("*/")) if self.runs.is_dir() else set()
         log = self.root / log_name
-        proc = self._spawn(self.command("start"), self.coordinator_env, log)
+        proc = self._start(self.run_command("start"), self.coordinator_env, log)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             new = (set(self.runs.glob("*/")) if self.runs.is_dir() else set()) - before
@@ -175,12 +68,21 @@ class Deployment:
 
     def resume(self, run: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.command("resume", run.name),
+            self.run_command("resume", run.name),
             env=self.coordinator_env,
             capture_output=True,
             text=True,
-            timeout=1000,
+            timeout=1900,
         )
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    made = Deployment(tmp_path)
+    try:
+        yield made
+    finally:
+        made.stop()
 
 
 def _pids() -> list[int]:
@@ -223,9 +125,8 @@ def _output(proc: subprocess.Popen[bytes], log: Path, seconds: float) -> tuple[i
 
 
 def test_runs_survive_a_dead_node_a_dead_superlink_and_resume_below_the_minimum(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, deployment: Deployment
 ) -> None:
-    deployment = Deployment(tmp_path, processes)
     bank1, bank2, bank3 = (n.institution for n in deployment.nodes)
     deployment.start_coordinator()
     for index in range(3):
@@ -240,8 +141,11 @@ def test_runs_survive_a_dead_node_a_dead_superlink_and_resume_below_the_minimum(
     report = _report(first)
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
     assert _trained_rounds(report, bank1) == _trained_rounds(report, bank2) == [1, 2, 3]
-    assert 3 not in _trained_rounds(report, bank3)
+    assert _trained_rounds(report, bank3)[0] == 1 and 3 not in _trained_rounds(report, bank3)
+    assert any("Node Unavailable" in f["reason"] for f in report["failures"])  # its round went on without it
     assert report["model"]["version"] == "v1"
+    node_log = (tmp_path / "bank1" / "var" / "logs" / f"supernode-{bank1}.log").read_text(errors="replace")
+    assert f"fedcredit node {bank1}: flwr run" in node_log and "train round 3: answered" in node_log
 
     # 2. the SuperLink dies in the middle of a run and is started again on its state
     deployment.start_node(2)
@@ -290,6 +194,7 @@ def test_runs_survive_a_dead_node_a_dead_superlink_and_resume_below_the_minimum(
     assert "Traceback" not in said
     deployment.start_node(1)
     deployment.start_node(2)
+    deployment.wait_online(3)
     resumed = deployment.resume(third)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     report = _report(third)

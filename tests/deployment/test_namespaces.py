@@ -31,6 +31,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
+from coordinator.local_deployment import write_federation_policy
 from coordinator.pki import add_node, init_pki
 from coordinator.score_cli import EXAMPLE_APPLICANT
 from coordinator.service.demo import applicant_from_file
@@ -39,7 +40,7 @@ from federation.datasets.scenarios import sme_federation
 from policies.audit import AuditEntry, create_audit_engine
 from policies.signing import generate_keypair, read_public_keys, sign_policy
 
-from ..deployed_federation import reachable, wait_until, write_federation_policy
+from ..deployed_federation import reachable, wait_until
 
 BIN = Path(sys.executable).parent
 SUBNET = "10.231.0"
