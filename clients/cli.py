@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -182,7 +183,19 @@ def node_start(
             f"--auth-supernode-private-key={auth_key.resolve()}",
             "--host=127.0.0.1",
             f"--port={port}",
+            "--isolation=process",  # its tasks run in clients.warm_executor, started next
             "--node-config=" + " ".join(f'{k}="{v}"' for k, v in config.items()),
+        ],
+        flower_env(settings.var_dir / "flwr"),
+        log,
+    )
+    executor = start(
+        [
+            sys.executable,
+            "-m",
+            "clients.warm_executor",
+            f"--runtime-api-address=127.0.0.1:{port}",
+            f"--parent-pid={supernode.pid}",
         ],
         flower_env(settings.var_dir / "flwr"),
         log,
@@ -193,7 +206,7 @@ def node_start(
         soft_wrap=True,
     )
     try:
-        supervise([(supernode, log)])
+        supervise([(supernode, log), (executor, log)])
     except Stopped as exc:
         if REFUSED_BY_SUPERLINK in log.read_text(errors="replace"):
             raise fail(
@@ -202,4 +215,5 @@ def node_start(
             ) from None
         raise fail(exc) from None
     finally:
+        stop(executor)
         stop(supernode)

@@ -41,9 +41,12 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds:
     raise AssertionError(f"nothing listens on {port}: " + log.read_text(errors="replace")[-3000:])
 
 
+@pytest.mark.parametrize("registration", ["own", "swapped"])
 def test_flwr_run_trains_over_tls_with_registered_nodes_only(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    registration: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
+    """``swapped``: each node's key registered under the other member's name. A node is who its
+    registered key says, so replies signed by the other member's key stop the run."""
     env = {
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr"),
@@ -105,7 +108,8 @@ def test_flwr_run_trains_over_tls_with_registered_nodes_only(
         encoding="utf-8",
     )
     _wait_for_port(port, processes[0], tmp_path / "superlink.log")
-    for name, (_, public) in node_keys.items():  # the coordinator admits the members' nodes only
+    names = list(node_keys) if registration == "own" else list(reversed(node_keys))
+    for name, (_, public) in zip(names, node_keys.values(), strict=True):  # members' nodes only
         registered = subprocess.run(
             [str(BIN / "flwr"), "supernode", "register", str(public), "test", "--name", name],
             env=env,
@@ -155,6 +159,17 @@ def test_flwr_run_trains_over_tls_with_registered_nodes_only(
         timeout=120,
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    if registration == "swapped":
+        status: dict[str, str] = {}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and status.get("status") != "failed":
+            time.sleep(0.5)
+            found = list((tmp_path / "runs").glob("*/status.json"))
+            status = json.loads(found[0].read_text()) if found else {}
+        assert status.get("status") == "failed", status
+        assert "registered as" in status["detail"] and "signed by" in status["detail"], status["detail"]
+        assert not list((tmp_path / "runs").glob("*/report.json"))
+        return
     deadline = time.monotonic() + 240
     reports: list[Path] = []
     while time.monotonic() < deadline and not reports:
