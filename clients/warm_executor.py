@@ -23,6 +23,8 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
+from federation.flower_pulls import prompt_object_pulls
+
 PACKAGES = ("clients", "federation", "policies")
 POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's SuperExec: how often it asks for tasks
 POLL_INTERVAL_S = "0.05"
@@ -33,6 +35,7 @@ def preload() -> list[str]:
     import torch
 
     torch.set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first use imports torch._dynamo: seconds
     loaded = []
     for package_name in PACKAGES:
         package = importlib.import_module(package_name)
@@ -105,9 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's runtime API, HOST:PORT")
     parser.add_argument("--parent-pid", type=int, help="stop when this process (the SuperNode) ends")
+    parser.add_argument("--data-path", help="the node's data folder, read once here for every task")
+    parser.add_argument("--schema", default="sme", help="its schema (a name or a TOML file)")
+    parser.add_argument("--institution", default="", help="the institution's name")
     args = parser.parse_args(argv)
     os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_S)
     preload()
+    prompt_object_pulls()
+    if args.data_path:  # cached per process (clients.node_data): each forked task finds it read
+        from clients.node_data import load_node_data
+
+        load_node_data(args.data_path, args.schema, args.institution)
     from flwr.supercore.superexec import run_superexec as superexec
 
     executor = ForkExecutor()

@@ -26,6 +26,7 @@ from coordinator.server_app import Coordinator, RunOutcome
 from coordinator.settings import coordinator_settings
 from federation.atomic_files import write_files
 from federation.errors import FedCreditError
+from federation.flower_pulls import prompt_object_pulls
 from federation.hyperparameters import TrainConfig
 from policies.decisions import new_run_id
 from policies.demo_keys import demo_key_name
@@ -109,6 +110,7 @@ def run_deployed(grid: Grid, context: Context) -> Path:
     ``resume-run`` in the run config the run of that id continues from there. A run that fails
     leaves ``status.json`` in its folder with the reason."""
     started = time.perf_counter()
+    prompt_object_pulls()  # the nodes' replies are fetched as soon as they are there
     settings = settings_from_run_config(context.run_config)
     runs = _path(context.run_config, "runs-dir") or coordinator_settings().runs_dir
     run_dir = runs / settings.run_id
