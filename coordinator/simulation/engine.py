@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from flwr.app.typing import ConfigRecordValues
 from flwr.clientapp.typing import Mod
 from flwr.common import Context
 
@@ -84,20 +85,16 @@ def run_simulated_federation(
     outcome = RunOutcome()
     server_app = build_server_app(settings, outcome, on_round, resume)
     client_app = build_client_app(SimulatedNodeConfigs(nodes), outer_mods)
-    cpus = max(1, min(parallel_nodes, os.cpu_count() or 1))
+    init_args: dict[str, ConfigRecordValues] = {"log_to_driver": not quiet, "logging_level": logging.ERROR}
+    if os.environ.get("RAY_ADDRESS"):  # a Ray cluster already running: its machines' cores, not ours
+        init_args["address"] = os.environ["RAY_ADDRESS"]
+    else:
+        init_args.update(num_cpus=max(1, min(parallel_nodes, os.cpu_count() or 1)), num_gpus=0)
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=len(nodes),
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": cpus,
-                "num_gpus": 0,
-                "log_to_driver": not quiet,
-                "logging_level": logging.ERROR,
-            },
-        },
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
     )
     if outcome.model is None:
         raise RuntimeError("the federated run ended without a model; see the log above")
