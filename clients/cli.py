@@ -156,7 +156,7 @@ def node_start(
     The data folder, schema, policy and keys come from these options, never from the
     coordinator. Stops the SuperNode (by PID) on Ctrl-C or SIGTERM."""
     from federation import protocol as P
-    from federation.processes import BIN, Stopped, flower_env, start, stop, supervise
+    from federation.processes import Stopped, flower_env, start, stop, supervise
 
     for given, what in ((ca, "--ca"), (auth_key, "--auth-key")):
         if not given.is_file():
@@ -177,7 +177,9 @@ def node_start(
     log = settings.var_dir / "logs" / f"supernode-{institution}.log"
     supernode = start(
         [
-            str(BIN / "flower-supernode"),
+            sys.executable,
+            "-m",
+            "clients.supernode",  # Flower's SuperNode, its internal waits shortened
             f"--superlink={superlink}",
             f"--root-certificates={ca.resolve()}",
             f"--auth-supernode-private-key={auth_key.resolve()}",
