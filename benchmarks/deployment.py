@@ -1,11 +1,11 @@
 """Deployed against simulated: seconds per training round of the same model, data and settings.
 
-    python benchmarks/deployment.py --json var/bench/deployment.json [--rounds 4] [--secure-aggregation]
+    python benchmarks/deployment.py --json var/bench/deployment.json [--rounds 4] [--stock-flower]
 
 Deployed: ``coordinator.local_deployment`` on loopback: ``fedcredit coordinator start`` (SuperLink
 over TLS with node authentication, state database, no runtime installs) and three ``fedcredit node
-start`` (SuperNodes with their own keys, data folders and policies), then one ``fedcredit run
-start``. Simulated: the same three institutions (same data, policies, node keys) and the run
+start`` (SuperNodes with their own keys, data folders and policies; with ``--stock-flower`` each
+runs Flower's SuperNode as shipped), then one ``fedcredit run start``. Simulated: the same three institutions (same data, policies, node keys) and the run
 settings the deployed coordinator derives from the same run config
 (``coordinator.deployment.settings_from_run_config``), on Flower's simulation engine
 (``coordinator.simulation.engine.run_simulated_federation``, two node workers).
@@ -136,6 +136,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             rounds=args.rounds,
             min_institutions=3,
             secure_aggregation=args.secure_aggregation,
+            stock_flower=args.stock_flower,
         )
         try:
             report, deployed_wall = deployed(local, args.evaluate_on_nodes)
@@ -175,6 +176,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "secure_aggregation": args.secure_aggregation,
             "evaluate_on_nodes": args.evaluate_on_nodes,
+            "nodes": "flower-supernode as shipped" if args.stock_flower else "fedcredit node start",
             "rows": 3000,
             "schema": "sme",
         },
@@ -190,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="training rounds per run (>= 2)")
     parser.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--evaluate-on-nodes", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument(
+        "--stock-flower",
+        action="store_true",
+        help="nodes run Flower's SuperNode as shipped (a new interpreter per message), for comparison",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench", help="scratch folder")
     args = parser.parse_args(argv)
     if args.rounds < 2:

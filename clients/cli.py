@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,13 +151,21 @@ def node_start(
     schema: SchemaOption = "sme",
     audit_db: AuditDbOption = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's app runtime.")] = 9094,
+    stock_flower: Annotated[
+        bool,
+        typer.Option(
+            help="Run Flower's SuperNode as shipped: a new interpreter per message, running the app "
+            "the coordinator submitted, Flower's own waits (for comparison; slower, see docs/deployment.md)."
+        ),
+    ] = False,
 ) -> None:
     """Check the node (as `node check`), then run Flower's SuperNode over TLS with its key.
 
     The data folder, schema, policy and keys come from these options, never from the
-    coordinator. Stops the SuperNode (by PID) on Ctrl-C or SIGTERM."""
+    coordinator. Each message runs the node's own installed code, forked from a warm process
+    (clients.warm_executor). Stops what it started (by PID) on Ctrl-C or SIGTERM."""
     from federation import protocol as P
-    from federation.processes import Stopped, flower_env, start, stop, supervise
+    from federation.processes import BIN, Stopped, flower_env, start, stop, supervise
 
     for given, what in ((ca, "--ca"), (auth_key, "--auth-key")):
         if not given.is_file():
@@ -175,43 +184,31 @@ def node_start(
     }
     settings = NodeSettings()
     log = settings.var_dir / "logs" / f"supernode-{institution}.log"
+    flower = [str(BIN / "flower-supernode")] if stock_flower else [sys.executable, "-m", "clients.supernode"]
     supernode = start(
         [
-            sys.executable,
-            "-m",
-            "clients.supernode",  # Flower's SuperNode, its internal waits shortened
+            *flower,
             f"--superlink={superlink}",
             f"--root-certificates={ca.resolve()}",
             f"--auth-supernode-private-key={auth_key.resolve()}",
             "--host=127.0.0.1",
             f"--port={port}",
-            "--isolation=process",  # its tasks run in clients.warm_executor, started next
+            f"--isolation={'subprocess' if stock_flower else 'process'}",  # process: clients.warm_executor
             "--node-config=" + " ".join(f'{k}="{v}"' for k, v in config.items()),
         ],
         flower_env(settings.var_dir / "flwr"),
         log,
     )
-    executor = start(
-        [
-            sys.executable,
-            "-m",
-            "clients.warm_executor",
-            f"--runtime-api-address=127.0.0.1:{port}",
-            f"--parent-pid={supernode.pid}",
-            f"--data-path={config[P.NODE_DATA_PATH]}",
-            f"--schema={schema_ref}",
-            f"--institution={institution}",
-        ],
-        flower_env(settings.var_dir / "flwr"),
-        log,
-    )
+    started = [(supernode, log)]
+    if not stock_flower:
+        started.append((_warm_executor(supernode.pid, port, config, institution), log))
     console.print(
         f"SuperNode of {institution} connecting to {superlink} (TLS), log {log}",
         highlight=False,
         soft_wrap=True,
     )
     try:
-        supervise([(supernode, log), (executor, log)])
+        supervise(started)
     except Stopped as exc:
         if REFUSED_BY_SUPERLINK in log.read_text(errors="replace"):
             raise fail(
@@ -220,5 +217,29 @@ def node_start(
             ) from None
         raise fail(exc) from None
     finally:
-        stop(executor)
-        stop(supernode)
+        for process, _ in reversed(started):
+            stop(process)
+
+
+def _warm_executor(
+    supernode_pid: int, port: int, config: dict[str, str], institution: str
+) -> subprocess.Popen[bytes]:
+    """``clients.warm_executor`` for the SuperNode on ``port``: its tasks forked, the data read once."""
+    from federation import protocol as P
+    from federation.processes import flower_env, start
+
+    settings = NodeSettings()
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "clients.warm_executor",
+            f"--runtime-api-address=127.0.0.1:{port}",
+            f"--parent-pid={supernode_pid}",
+            f"--data-path={config[P.NODE_DATA_PATH]}",
+            f"--schema={config[P.NODE_SCHEMA]}",
+            f"--institution={institution}",
+        ],
+        flower_env(settings.var_dir / "flwr"),
+        settings.var_dir / "logs" / f"supernode-{institution}.log",
+    )

@@ -112,6 +112,7 @@ class LocalDeployment:
     min_institutions: int = 2
     secure_aggregation: bool = False
     seed: int = 7
+    stock_flower: bool = False  # nodes run Flower's SuperNode as shipped (``node start --stock-flower``)
     port: int = field(default_factory=free_port)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -201,6 +202,7 @@ class LocalDeployment:
                 f"--ca={self.pki.ca_cert}",
                 f"--auth-key={self.pki.node_key(node.institution)}",
                 f"--port={free_port()}",
+                *(["--stock-flower"] if self.stock_flower else []),
             ],
             {**self.base_env, "FEDCREDIT_VAR_DIR": str(self.root / host / "var")},
             self.root / f"{host}.log",
