@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -219,33 +219,43 @@ class Coordinator:
                 else None
             )
             registered = self._registered_name(int(proxy.cid))
-            if member is not None and registered is not None and registered != member:
-                self._audit(
-                    f"{stage}.misattributed",
-                    f"{self.settings.run_id}/{registered}/{kind}-{server_round}",
-                    decision="deny",
-                    rules=["deny.reply_signed_by_another_member"],
-                    input_sha256=self.request.digest,
-                )
-                raise UnattributedReplyError(
-                    f"{kind} round {server_round}: the node registered as {registered} sent a reply "
-                    f"signed by {member}'s key; the run stops rather than count it"
-                )
             if member is None:
-                self._audit(
-                    f"{stage}.unattributed",
-                    f"{self.settings.run_id}/node-{proxy.cid}/{kind}-{server_round}",
-                    decision="deny",
-                    rules=["deny.unattributed_reply"],
-                    input_sha256=self.request.digest,
+                self._refuse_reply(
+                    stage,
+                    kind,
+                    server_round,
+                    f"node-{proxy.cid}",
+                    "unattributed",
+                    f"node {proxy.cid} says it is {claimed!s}, but no member of the federation signed its reply",
                 )
-                raise UnattributedReplyError(
-                    f"{kind} round {server_round}: node {proxy.cid} says it is {claimed!s}, but no member "
-                    "of the federation signed its reply; the run stops rather than count it"
+            if registered is not None and registered != member:
+                self._refuse_reply(
+                    stage,
+                    kind,
+                    server_round,
+                    registered,
+                    "misattributed",
+                    f"the node registered as {registered} sent a reply signed by {member}'s key",
                 )
             return member
 
         return identify
+
+    def _refuse_reply(
+        self, stage: str, kind: str, server_round: int, who: str, what: str, why: str
+    ) -> NoReturn:
+        """Record a reply that cannot be counted for the member it claims, and stop the run."""
+        rule = "deny.unattributed_reply" if what == "unattributed" else "deny.reply_signed_by_another_member"
+        self._audit(
+            f"{stage}.{what}",
+            f"{self.settings.run_id}/{who}/{kind}-{server_round}",
+            decision="deny",
+            rules=[rule],
+            input_sha256=self.request.digest,
+        )
+        raise UnattributedReplyError(
+            f"{kind} round {server_round}: {why}; the run stops rather than count it"
+        )
 
     def _registered_name(self, node_id: int) -> str | None:
         """The name the node's authentication key was registered under at the SuperLink, if any."""
