@@ -146,7 +146,8 @@ class Coordinator:
             outcome.log = resume.log
         self._stats: NormStats | None = None
         self._weights: NDArrays = []
-        self._registered: dict[int, str] = {}  # node id -> the name its key was registered under
+        # node id -> the name its key was registered under (None: registered without a name)
+        self._registered: dict[int, str | None] = {}
         self._grid: Grid | None = None
         self._completed = self._started = 0 if resume is None else resume.completed_round
         self.on_round = on_round
@@ -260,7 +261,7 @@ class Coordinator:
     def _registered_name(self, node_id: int) -> str | None:
         """The name the node's authentication key was registered under at the SuperLink, if any."""
         if node_id not in self._registered and self._grid is not None:
-            self._registered.update({n.node_id: n.name for n in self._grid.get_nodes() if n.name})
+            self._registered.update({n.node_id: n.name or None for n in self._grid.get_nodes()})
         return self._registered.get(node_id)
 
     def _missing(self) -> list[str]:
@@ -270,7 +271,7 @@ class Coordinator:
         connected = {n.node_id: n.name for n in self._grid.get_nodes()}
         if not any(connected.values()):
             return []
-        self._registered.update({k: v for k, v in connected.items() if v})
+        self._registered.update({k: v or None for k, v in connected.items()})
         return sorted(set(self.members) - set(connected.values()))
 
     def _checkpoint(self, server_round: int, parameters: Parameters | None) -> None:

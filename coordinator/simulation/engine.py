@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from flwr.app.typing import ConfigRecordValues
 from flwr.clientapp.typing import Mod
-from flwr.common import Context
 
 from clients.client_app import build_client_app
 from coordinator.checkpoint import Checkpoint
@@ -18,23 +17,9 @@ from coordinator.federation_policy import public_key_of
 from coordinator.run_settings import RunSettings
 from coordinator.server_app import RoundCallback, RunOutcome, build_server_app
 from coordinator.settings import coordinator_settings
+from coordinator.simulation.node_configs import SimulatedNodeConfigs
 from coordinator.simulation.nodes import SimulatedNode, members_of
 from coordinator.simulation.prompt_pickup import install_prompt_pickup
-
-
-class SimulatedNodeConfigs:
-    """Gives each virtual node its own node config.
-
-    Flower's simulation engine only numbers its virtual nodes (``partition-id``);
-    this maps that number to the node config a real SuperNode would be started
-    with, so the client code reads ``data-path`` exactly as in deployment.
-    """
-
-    def __init__(self, nodes: Sequence[SimulatedNode]) -> None:
-        self.configs = [n.node_config() for n in nodes]
-
-    def __call__(self, context: Context) -> Mapping[str, str]:
-        return self.configs[int(context.node_config["partition-id"])]
 
 
 def flower_environment() -> None:

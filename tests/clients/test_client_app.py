@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clients.client_app import CreditClientApp, CreditNodeClient, SchemaMismatchError, build_client_app
 from clients.node_data import NodeData, load_node_data
-from coordinator.simulation.engine import SimulatedNodeConfigs
+from coordinator.simulation.node_configs import SimulatedNodeConfigs
 from coordinator.simulation.nodes import SimulatedNode
 from federation import protocol as P
 from federation.datasets.partition import TRAIN_FILE

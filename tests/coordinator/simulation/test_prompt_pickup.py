@@ -1,7 +1,8 @@
-"""The simulation engine's message pickup, patched: prompt, and one lookup per node with a new message."""
+"""The simulation engine's message pickup, patched: prompt, and one pass over the stored messages."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
 from flwr.superlink.federation import NoOpFederationManager
 
-from coordinator.simulation.prompt_pickup import install_prompt_pickup, nodes_with_new_messages
+from coordinator.simulation.prompt_pickup import deliver_new_messages, install_prompt_pickup
 
 RUN_ID = 7
 
@@ -104,20 +105,40 @@ def test_messages_reach_their_node_once(pickup: Callable[[float], Any]) -> None:
         with pytest.raises(Empty):
             queue.get_nowait()
     assert {m.metadata.message_id: m.metadata.dst_node_id for m in got} == sent
-    assert all(m.metadata.delivered_at != "" for m in got)  # marked by Flower's get_message_ins
+    assert all(m.metadata.delivered_at != "" for m in got)  # marked, as Flower's get_message_ins does
     assert set(state.message_ins_store) == set(sent)  # delivered, kept until the replies are pulled
 
 
-def test_an_idle_pass_asks_no_node(pickup: Callable[[float], Any]) -> None:
+def test_no_node_is_asked_in_turn(pickup: Callable[[float], Any]) -> None:
     state = CountingState(nodes=50)
     node = list(state.mapping)[17]
     with running(pickup(0.002), state) as queue:
         time.sleep(0.03)  # idle passes, nothing stored
-        assert state.asked == []
         state.push(node)
         assert queue.get(timeout=2.0).metadata.dst_node_id == node
         time.sleep(0.03)  # idle passes with a delivered message in the store
-    assert state.asked == [node]  # Flower's own loop asks all 50 nodes in every pass
+    assert state.asked == []  # Flower's own loop asks all 50 nodes in every pass
+
+
+def test_a_pass_delivers_what_flowers_get_message_ins_would() -> None:
+    ours, flowers = CountingState(nodes=30), CountingState(nodes=30)
+    rng = random.Random(3)
+    nodes = list(range(30))
+    for _ in range(60):  # some nodes get several messages, some none
+        partition = rng.choice(nodes)
+        for state in (ours, flowers):
+            node_id = next(n for n, p in state.mapping.items() if p == partition)
+            state.push(node_id)
+    for _ in range(4):  # one message per node per pass, first stored first
+        delivered = deliver_new_messages(ours, ours.mapping)
+        expected = [m for n in flowers.mapping for m in flowers.get_message_ins(node_id=n, limit=1)]
+        assert delivered is not None
+        assert sorted(ours.mapping[m.metadata.dst_node_id] for m in delivered) == sorted(
+            flowers.mapping[m.metadata.dst_node_id] for m in expected
+        )
+        assert [list(ours.message_ins_store).index(m.metadata.message_id) for m in delivered] == sorted(
+            list(flowers.message_ins_store).index(m.metadata.message_id) for m in expected
+        )
 
 
 def test_an_expired_message_is_dropped_by_flowers_check(pickup: Callable[[float], Any]) -> None:
@@ -125,12 +146,11 @@ def test_an_expired_message_is_dropped_by_flowers_check(pickup: Callable[[float]
     node = list(state.mapping)[2]
     state.push(node, ttl=0.05)
     time.sleep(0.1)
-    assert nodes_with_new_messages(state, state.mapping) == [node]
     with running(pickup(0.005), state) as queue:
         time.sleep(0.05)
         with pytest.raises(Empty):
             queue.get_nowait()
-    assert state.message_ins_store == {}  # get_message_ins deleted it on its TTL
+    assert state.message_ins_store == {}  # Flower's check deleted it on its TTL
 
 
 def test_messages_reach_the_node_queue_within_the_interval(pickup: Callable[[float], Any]) -> None:
@@ -149,7 +169,7 @@ def test_messages_reach_the_node_queue_within_the_interval(pickup: Callable[[flo
 
 
 def test_a_state_without_the_in_memory_store_has_every_node_asked() -> None:
-    assert nodes_with_new_messages(object(), {1: 0, 2: 1}) is None
+    assert deliver_new_messages(object(), {1: 0, 2: 1}) is None
 
 
 def test_a_non_positive_interval_is_refused() -> None:
