@@ -14,11 +14,10 @@ from federation.fairness import group_index, protected_attributes
 from federation.loading import EncodedData, encode_frame, load_dataset, read_table
 from federation.schema import Schema, resolve_schema
 
-# A simulation runs many virtual nodes in one process: per-node caches hold many of them.
-CACHED_NODES = 64
-# Each simulation worker serves every virtual node in turn, so a smaller data cache misses on
-# every message; a node's encoded rows cost far less memory (~0.1 MiB at 300 rows) than reloading.
-CACHED_NODE_DATA = 4096
+# A simulation worker serves every virtual node in turn, so a per-node cache smaller than the
+# federation misses on every message. A node's entries (its encoded rows, ~0.1 MiB at 300 rows;
+# its audit engine with its compiled statements; its policy and key) cost less than reloading.
+CACHED_NODES = 4096
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def load_node_data(data_path: str | Path, schema: str, institution: str = "") ->
     return _load(str(folder.resolve()), schema, institution or folder.name, stamp)
 
 
-@lru_cache(maxsize=CACHED_NODE_DATA)
+@lru_cache(maxsize=CACHED_NODES)
 def _load(folder: str, schema_ref: str, institution: str, _stamp: tuple[int, int]) -> NodeData:
     schema = resolve_schema(schema_ref)
     path = Path(folder)

@@ -49,8 +49,9 @@ def node_audit_url(cfg: Mapping[str, str], institution: str) -> str:
 
 @lru_cache(maxsize=CACHED_NODES)
 def node_engine(url: str) -> Engine:
-    """The node's audit database (one engine per process)."""
-    return create_audit_engine(url)
+    """The node's audit database (one engine per node and process: an engine compiles each
+    statement once); on SQLite, the file is opened per transaction, not held open."""
+    return create_audit_engine(url, keep_sqlite_connections=False)
 
 
 def node_audit(cfg: Mapping[str, str]) -> tuple[str, Engine]:

@@ -206,17 +206,20 @@ class SignedHead(SQLModel, table=True):
     ts: str
 
 
-def create_audit_engine(url: str | None = None) -> Engine:
+def create_audit_engine(url: str | None = None, *, keep_sqlite_connections: bool = True) -> Engine:
     """An engine whose transactions on SQLite take the write lock at BEGIN (serialized appends).
 
     Creates the database and its tables when missing: for writers only (see :func:`open_audit_readonly`).
-    ``url`` defaults to :func:`database_url`.
+    ``url`` defaults to :func:`database_url`. With ``keep_sqlite_connections=False`` a SQLite
+    engine opens its file for each transaction instead of keeping it open (for a process that
+    holds an engine per simulated node: thousands of files).
     """
     url = url or database_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        pool = {} if keep_sqlite_connections else {"poolclass": NullPool}
         engine = serialize_sqlite_writes(
-            create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
         )
     else:
         engine = create_engine(url, pool_pre_ping=True)
