@@ -2,6 +2,8 @@
 
     python benchmarks/deployment.py --json var/bench/deployment.json [--rounds 4] [--stock-flower]
 
+The deployed run's process logs are kept beside the JSON (``deployment-logs/``).
+
 Deployed: ``coordinator.local_deployment`` on loopback: ``fedcredit coordinator start`` (SuperLink
 over TLS with node authentication, state database, no runtime installs) and three ``fedcredit node
 start`` (SuperNodes with their own keys, data folders and policies; with ``--stock-flower`` each
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +90,15 @@ def node_task_seconds(local: LocalDeployment) -> float | None:
         if int(match.group(1)) > 1
     ]
     return round(statistics.fmean(seconds), 3) if seconds else None
+
+
+def keep_logs(root: Path, into: Path) -> None:
+    """Every process log of the deployed run (coordinator and nodes), for a look at where time went."""
+    shutil.rmtree(into, ignore_errors=True)
+    for log in root.glob("**/var/logs/*.log"):
+        target = into / log.relative_to(root).parts[0] / log.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
 
 
 def deployed(local: LocalDeployment, evaluate_on_nodes: bool) -> tuple[dict[str, Any], float]:
@@ -142,6 +154,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             report, deployed_wall = deployed(local, args.evaluate_on_nodes)
         finally:
             local.stop()
+            keep_logs(local.root, args.json.with_name(args.json.stem + "-logs"))
         task_seconds = node_task_seconds(local)
         simulation, simulated_wall = simulated(local, args.evaluate_on_nodes, work)
     round_deployed, first_deployed = later_rounds(report["rounds"], "round_seconds")

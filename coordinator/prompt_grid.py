@@ -4,7 +4,10 @@ Flower's grids poll for replies at a fixed interval (0.1 s in simulation, 3 s
 over gRPC). SecAgg+ exchanges four message rounds per training round, so that
 wait is paid four times; polling more often costs the SuperLink one cheap
 lookup per interval. A lookup costs time in proportion to the replies awaited, so with
-hundreds of institutions the interval stretches to keep asking under 5% of a core.
+hundreds of institutions the interval stretches to keep asking under 5% of a core. The
+cost is taken from lookups that found nothing: one that brought replies also fetched
+their content (over the network, tenths of a second), and stretching by that would
+leave the other replies waiting for seconds.
 """
 
 from __future__ import annotations
@@ -65,13 +68,15 @@ class PromptGrid(Grid):
         waiting = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        asking_per_reply = 0.0  # what a lookup that found nothing cost, per reply awaited
         while waiting:
             asked = time.monotonic()
             arrived = list(self.pull_messages(waiting))
-            spent = time.monotonic() - asked  # grows with the replies awaited: ask less often then
+            if not arrived:  # a lookup that brought replies also paid for fetching them: not counted
+                asking_per_reply = (time.monotonic() - asked) / len(waiting)
             replies.extend(arrived)
             waiting.difference_update(m.metadata.reply_to_message_id for m in arrived)
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break
-            time.sleep(max(self.poll_seconds, spent / POLL_CPU_SHARE))
+            time.sleep(max(self.poll_seconds, asking_per_reply * len(waiting) / POLL_CPU_SHARE))
         return replies
