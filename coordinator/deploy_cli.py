@@ -1,4 +1,4 @@
-"""``fedcredit coordinator start`` and ``fedcredit run start|status|stop``: the deployment engine.
+"""``fedcredit coordinator start`` and ``fedcredit run start|status|stop|resume``: the deployment engine.
 
 The coordinator runs Flower's SuperLink over TLS with SuperNode authentication, admits the nodes
 of the federation policy's data holders only (their keys from ``fedcredit pki add-node``), keeps
