@@ -167,21 +167,31 @@ def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> l
     for row in rows:
         seq += 1
         detail = row.get("detail")
+        rules = list(row.get("rules", ()))
         stored = {
             "ts": ts,
             "actor": row["actor"],
             "action": row["action"],
             "resource": row["resource"],
             "decision": row.get("decision", ""),
-            "rules": json.dumps(list(row.get("rules", ()))),
+            "rules": json.dumps(rules),
             "policy_sha256": row.get("policy_sha256", ""),
             "input_sha256": row.get("input_sha256", ""),
             "prev": prev,
-            "detail": json.dumps(detail, sort_keys=True, separators=(",", ":")) if detail else "",
+            "detail": _DETAIL.encode(detail) if detail else "",
         }
-        stored["hash"] = prev = sha256_hex(canonical_json(hashed_body(stored, seq)))
+        # hashed_body(stored, seq), without parsing back what has no need of it (no rules: [])
+        body = {**stored, "seq": seq, "rules": json.loads(stored["rules"]) if rules else []}
+        if detail:
+            body["detail"] = json.loads(stored["detail"])  # as a verifier will read it
+        else:
+            del body["detail"]
+        stored["hash"] = prev = sha256_hex(canonical_json(body))
         out.append({"seq": seq, **stored})
     return out
+
+
+_DETAIL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _rules(raw: str) -> Any:

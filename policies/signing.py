@@ -36,9 +36,12 @@ class SignatureError(PolicyError):
     """A signature is missing, invalid, or made by a key nobody trusts."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(payload: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the exact bytes that get hashed and signed."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL.encode(payload).encode("utf-8")
 
 
 def sha256_hex(data: bytes) -> str:

@@ -7,13 +7,17 @@ exactly what to send and every bad field is reported at once (422).
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from federation.loading import EncodedData, FeatureLayout, apply_transform
-from federation.schema import ColumnType, MissingPolicy, Schema
+from federation.schema import ColumnType, MissingPolicy, Schema, Transform
 from policies.documents import PURPOSES
 
 
@@ -86,16 +90,57 @@ def request_models(schema: Schema, max_batch: int) -> tuple[type[BaseModel], typ
     return single, batch
 
 
-def encode_applicants(applicants: list[BaseModel], schema: Schema, layout: FeatureLayout) -> EncodedData:
-    """Validated applicants as model inputs: one numpy column at a time, no per-cell work beyond a read."""
-    rows = [a.__dict__ for a in applicants]
-    numeric = np.empty((len(rows), len(layout.numeric)), dtype=np.float32)
+@dataclass(frozen=True)
+class _Encoding:
+    """How a schema's applicants become a layout's inputs, worked out once per model."""
+
+    numeric: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's numeric inputs, layout order
+    transforms: tuple[tuple[Transform, np.ndarray], ...]  # the columns each transform applies to
+    categorical: tuple[tuple[str, dict[str, int]], ...]  # each input's name and codes (0: missing)
+    id_column: str
+
+
+@functools.lru_cache(maxsize=8)
+def _encoding(schema: Schema, layout: FeatureLayout) -> _Encoding:
+    by_transform: dict[Transform, list[int]] = {}
     for j, name in enumerate(layout.numeric):
-        values = np.array([r[name] for r in rows], dtype=np.float64)  # None -> nan
-        numeric[:, j] = apply_transform(values, schema.column(name).transform)
-    categorical = np.zeros((len(rows), len(layout.categorical)), dtype=np.int64)
-    for j, name in enumerate(layout.categorical):
-        codes = {c: i + 1 for i, c in enumerate(schema.column(name).categories)}  # 0: missing
-        categorical[:, j] = [codes.get(r[name], 0) for r in rows]
-    ids = np.array([r[schema.id_column] for r in rows], dtype=object)
-    return EncodedData(ids=ids, numeric=numeric, categorical=categorical, label=None, layout=layout)
+        by_transform.setdefault(schema.column(name).transform, []).append(j)
+    return _Encoding(
+        numeric=operator.itemgetter(*layout.numeric) if len(layout.numeric) > 1 else _one(layout.numeric),
+        transforms=tuple(
+            (t, np.asarray(cols)) for t, cols in by_transform.items() if t is not Transform.NONE
+        ),
+        categorical=tuple(
+            (name, {c: i + 1 for i, c in enumerate(schema.column(name).categories)})
+            for name in layout.categorical
+        ),
+        id_column=schema.id_column,
+    )
+
+
+def _one(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """``itemgetter`` that always gives a tuple (with one name it would give the bare value)."""
+    return lambda row: tuple(row[n] for n in names)
+
+
+def encode_applicants(applicants: list[BaseModel], schema: Schema, layout: FeatureLayout) -> EncodedData:
+    """Validated applicants as model inputs: one array for the numbers (None -> NaN), a transform per
+    group of columns; the same arithmetic as :func:`federation.loading.apply_transform` on a file."""
+    plan = _encoding(schema, layout)
+    rows = [a.__dict__ for a in applicants]
+    values = np.array([plan.numeric(r) for r in rows], dtype=np.float64).reshape(
+        len(rows), len(layout.numeric)
+    )
+    for transform, cols in plan.transforms:
+        values[:, cols] = apply_transform(values[:, cols], transform)
+    categorical = np.array(
+        [[codes.get(r[name], 0) for name, codes in plan.categorical] for r in rows], dtype=np.int64
+    ).reshape(len(rows), len(plan.categorical))
+    ids = np.array([r[plan.id_column] for r in rows], dtype=object)
+    return EncodedData(
+        ids=ids,
+        numeric=values.astype(np.float32),
+        categorical=categorical,
+        label=None,
+        layout=layout,
+    )

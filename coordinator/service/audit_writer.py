@@ -4,10 +4,14 @@
 transaction, signs the new head and commits; the scoring pipeline (:mod:`.pipeline`) releases
 no answer before that commit returns. A failed commit fails every query of the batch: no score
 without its committed entry.
+
+The writer keeps one connection of its own and talks to the driver directly: SQLAlchemy's
+statement handling cost more than the database's work (about 0.5 ms a batch on SQLite).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -15,10 +19,13 @@ import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Table
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, func, select
 
 from policies.audit import (
+    ADVISORY_LOCK_KEY,
     AuditEntry,
     SignedHead,
     chained_rows,
@@ -31,9 +38,36 @@ from policies.query_log import QueryRecord, prune, utc_stamp
 
 log = logging.getLogger("fedcredit.service")
 PRUNE_EVERY_S = 3600.0
-_ENTRIES = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
-_RECORDS = QueryRecord.__table__.insert()  # type: ignore[attr-defined]
-_HEADS = SignedHead.__table__.insert()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The writer's SQL in its driver's parameter style (both drivers take named parameters)."""
+
+    lock: str | None  # SQLite takes its write lock at BEGIN IMMEDIATE instead
+    begin: str | None
+    last: str
+    entries: str
+    records: str
+    head: str
+
+    @classmethod
+    def of(cls, dialect: str) -> _Statements:
+        sqlite = dialect == "sqlite"
+
+        def insert(table: Table, skip: str = "") -> str:
+            names = [c.name for c in table.columns if c.name != skip]
+            marks = [f":{n}" if sqlite else f"%({n})s" for n in names]
+            return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(marks)})"
+
+        return cls(
+            lock=None if sqlite else f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})",
+            begin="BEGIN IMMEDIATE" if sqlite else None,
+            last=f"SELECT seq, hash FROM {AuditEntry.__tablename__} ORDER BY seq DESC LIMIT 1",
+            entries=insert(AuditEntry.__table__),  # type: ignore[attr-defined]
+            records=insert(QueryRecord.__table__, skip="id"),  # type: ignore[attr-defined]
+            head=insert(SignedHead.__table__, skip="id"),  # type: ignore[attr-defined]
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,8 @@ class AuditWriter:
         self.key = key
         self.retention_days = retention_days
         self._last_prune = 0.0
+        self._sql = _Statements.of(engine.dialect.name)
+        self._connection: PoolProxiedConnection | None = None  # the pipeline thread's own
 
     def write(self, batch: list[Query]) -> list[int]:
         """Commit ``batch``'s entries and records; their entry numbers. Raises :class:`AuditUnavailable`."""
@@ -86,11 +122,38 @@ class AuditWriter:
             log.error("signing the audit head failed: %s", type(exc).__name__)
 
     def _write(self, batch: list[Query]) -> list[int]:
-        # Core statements on one connection: no ORM object per row, one signed head per batch
-        with self.engine.begin() as connection:
-            lock_chain(connection)
+        fresh = self._connection is None
+        connection = self._connection or self.engine.raw_connection()
+        self._connection = None  # kept again only after a clean commit
+        try:
+            seqs = self._append(connection, batch)
+        except Exception:
+            connection.invalidate()  # whatever state it is in, it is not used again
+            if fresh:
+                raise
+            # a kept connection may have died while idle (e.g. the server restarted): one more try
+            # on a new one; nothing of the failed attempt was committed
+            connection = self.engine.raw_connection()
+            try:
+                seqs = self._append(connection, batch)
+            except Exception:
+                connection.invalidate()
+                raise
+        self._connection = connection
+        return seqs
+
+    def _append(self, connection: PoolProxiedConnection, batch: list[Query]) -> list[int]:
+        sql = self._sql
+        cursor = connection.cursor()
+        try:
+            if sql.begin:
+                cursor.execute(sql.begin)
+            if sql.lock:
+                cursor.execute(sql.lock)
+            cursor.execute(sql.last)
+            last = cursor.fetchone()
             rows = chained_rows(
-                last_entry(connection),
+                None if last is None else (last[0], last[1]),
                 [
                     {
                         "actor": f"member:{q.member}",
@@ -109,10 +172,10 @@ class AuditWriter:
                     for q in batch
                 ],
             )
-            connection.execute(_ENTRIES, rows)
+            cursor.executemany(sql.entries, rows)
             ts = utc_stamp()
-            connection.execute(
-                _RECORDS,
+            cursor.executemany(
+                sql.records,
                 [
                     {
                         "ts": ts,
@@ -128,8 +191,23 @@ class AuditWriter:
                     for q, row in zip(batch, rows, strict=True)
                 ],
             )
-            connection.execute(_HEADS, signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"]))
+            cursor.execute(sql.head, signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"]))
+            connection.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
         return [row["seq"] for row in rows]
+
+    def close(self) -> None:
+        """Give the writer's connection back (the pipeline has stopped)."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
 
     def maybe_prune(self) -> None:
         """:meth:`prune_now`, at most once an hour."""

@@ -117,6 +117,12 @@ class Pipeline:
 
     def _run(self) -> None:
         torch.set_num_threads(1)  # one thread of model work: the event loops keep the other cores
+        try:
+            self._serve()
+        finally:
+            self.writer.close()
+
+    def _serve(self) -> None:
         held: list[Job] = []
         while True:
             first = held.pop(0) if held else self._queue.get()
