@@ -285,8 +285,9 @@ def in_process(body: bytes, policy: Path, url: str) -> float:
     for _ in range(3):
         started = time.perf_counter()
         parsed = batch_model.model_validate_json(body).applicants  # type: ignore[attr-defined]
-        data = encode_applicants(parsed, schema, serving.model.layout)
-        scored = score_batch(serving, data, rules, [p.__dict__ for p in parsed])
+        given = [p.__dict__ for p in parsed]
+        data = encode_applicants(given, schema, serving.model.layout)
+        scored = score_batch(serving, data, rules, given)
         to_json({"scores": scored.items()})
         best = max(best, len(parsed) / (time.perf_counter() - started))
     return best

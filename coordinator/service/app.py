@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from coordinator.service import problems
 from coordinator.service.applicants import request_models
 from coordinator.service.audit_writer import AuditUnavailable
-from coordinator.service.pipeline import Job
+from coordinator.service.pipeline import Job, ModelUnavailable, PipelineStopped
 from coordinator.service.problems import ProblemError, problem_response
 from coordinator.service.rate_limit import retry_after
 from coordinator.service.schemas import (
@@ -71,7 +71,6 @@ bearer = HTTPBearer(auto_error=False, description="A member token from `fedcredi
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: such a filter is a 422, not a 500
 MAX_SEQ = 2**31 - 1  # entry numbers are 32-bit integers in the database
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fedcredit"'}
-SCORING_PATHS = frozenset({"/v1/scores", "/v1/scores/batch", "/v1/decisions"})
 
 
 class Guard:
@@ -106,15 +105,11 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
-        if scope["method"] == "POST" and scope["path"] in SCORING_PATHS:
-            self.state.pipeline.arrivals.arrived(scope)
         try:
             await self.app(scope, counted, sending)
         except _TooLarge:
             await self._too_large(scope, receive, send, limit)
             return
-        finally:
-            self.state.pipeline.arrivals.left(scope)
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         self.state.metrics.request(scope["method"], path, status["code"], time.perf_counter() - started)
@@ -166,10 +161,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             finally:
                 running["lifespans"] -= 1
             return
-        state.pipeline.start()
         await asyncio.to_thread(state.refresh_model)
         await asyncio.to_thread(state.writer.prune_now)
         gc.freeze()  # what start-up made lives as long as the service: the collector stops walking it
+        await state.pipeline.start(state.serving)  # forked: it shares what start-up made
 
         async def poll() -> None:
             while True:
@@ -186,7 +181,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            await asyncio.to_thread(state.pipeline.stop)
+            await state.pipeline.stop()
             state.engine.dispose()
 
     app = FastAPI(
@@ -307,14 +302,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         serving = rules_of_use(who, asked.purpose, asked.consent)
         job = Job(
             action=action,
-            serving=serving,
+            version_id=serving.version.id or 0,
             applicants=asked.applicants,
             member=who.member,
             purpose=asked.purpose,
             consent_reference=asked.consent or "",
             input_sha256=hashlib.sha256(raw).hexdigest(),
         )
-        state.pipeline.arrivals.left(request.scope)
         try:
             content = await state.pipeline.run(job)
         except AuditUnavailable:
@@ -323,6 +317,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "audit-unavailable",
                 "the query could not be recorded in the audit log, so nothing was scored; retry later",
                 {"Retry-After": "1"},
+            ) from None
+        except ModelUnavailable:
+            raise refuse(
+                503, "no-model", f"model {serving.version.label} cannot be loaded; nothing was scored"
+            ) from None
+        except PipelineStopped:
+            raise refuse(
+                503, "scoring-unavailable", "the scoring pipeline has stopped; nothing was scored"
             ) from None
         return Response(content, media_type="application/json")
 

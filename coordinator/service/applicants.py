@@ -123,11 +123,11 @@ def _one(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     return lambda row: tuple(row[n] for n in names)
 
 
-def encode_applicants(applicants: list[BaseModel], schema: Schema, layout: FeatureLayout) -> EncodedData:
-    """Validated applicants as model inputs: one array for the numbers (None -> NaN), a transform per
-    group of columns; the same arithmetic as :func:`federation.loading.apply_transform` on a file."""
+def encode_applicants(rows: list[dict[str, Any]], schema: Schema, layout: FeatureLayout) -> EncodedData:
+    """Validated applicants' fields (a request model's ``__dict__`` each) as model inputs: one array
+    for the numbers (None -> NaN), a transform per group of columns; the same arithmetic as
+    :func:`federation.loading.apply_transform` on a file."""
     plan = _encoding(schema, layout)
-    rows = [a.__dict__ for a in applicants]
     values = np.array([plan.numeric(r) for r in rows], dtype=np.float64).reshape(
         len(rows), len(layout.numeric)
     )

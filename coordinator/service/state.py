@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from coordinator.service.audit_writer import AuditWriter
 from coordinator.service.metrics import Metrics
-from coordinator.service.pipeline import Pipeline, Served
+from coordinator.service.pipeline import Pipeline, Served, Worker
 from coordinator.service.rate_limit import RateLimiter
 from coordinator.service.scorer import ServingModel
 from coordinator.service.settings import ServiceSettings
@@ -129,8 +129,9 @@ class ServiceState:
         self.limiter = RateLimiter(self.rules.requests_per_minute)
         self.tokens = TokenCache(settings.key_cache_seconds)
         self.writer = AuditWriter(self.engine, self.key, self.rules.retention_days)
+        served = Served(self.federation, self.policy.sha256)
         self.pipeline = Pipeline(
-            self.rules, self.writer, Served(self.federation, self.policy.sha256), self.metrics.committed
+            Worker(self.rules, self.writer, served, self.schema, self.engine), self.metrics.committed
         )
         self.serving: ServingModel | None = None
         self.model_problem = "no model loaded yet"

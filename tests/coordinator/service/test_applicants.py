@@ -31,7 +31,7 @@ def test_applicants_encode_as_their_rows_do_from_a_file(
         for a in sent
     ]
 
-    encoded = encode_applicants(applicants, sme_schema, from_file.layout)
+    encoded = encode_applicants([a.__dict__ for a in applicants], sme_schema, from_file.layout)
 
     assert encoded.numeric.dtype == np.float32 and encoded.categorical.dtype == np.int64
     np.testing.assert_array_equal(encoded.numeric, from_file.numeric)  # NaN where missing, both
@@ -44,7 +44,7 @@ def test_the_couple_encodes_with_their_missing_platform_orders(sme_schema: Schem
     applicant = single.model_validate({"purpose": "credit_underwriting", "applicant": COUPLE}).applicant  # type: ignore[attr-defined]
     layout = FeatureLayout.from_schema(sme_schema)
 
-    encoded = encode_applicants([applicant], sme_schema, layout)
+    encoded = encode_applicants([applicant.__dict__], sme_schema, layout)
 
     column = layout.numeric.index("platform_orders")
     assert np.isnan(encoded.numeric[0, column])
