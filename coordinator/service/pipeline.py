@@ -95,6 +95,9 @@ class Served:
     policy_sha256: str
 
 
+Reply = bytes | tuple[str, str]  # an answer's JSON, or a failure: (kind, detail)
+
+
 @dataclass
 class _Query:
     """A job as the pipeline process receives it."""
@@ -108,6 +111,16 @@ class _Query:
     consent_reference: str
     input_sha256: str
     queued_at: float
+
+
+@dataclass
+class _Scored:
+    """One message's worth of scored queries, waiting for their commit."""
+
+    queries: list[_Query] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[Query] = field(default_factory=list)
+    replies: list[tuple[int, Reply]] = field(default_factory=list)  # failed before the commit
 
 
 class Worker:
@@ -131,7 +144,10 @@ class Worker:
             self.models[serving.version.id] = serving
 
     def serve(self, connection: socket.socket) -> None:
-        """Answer messages on ``connection`` until the service closes it (in the forked process)."""
+        """Answer messages on ``connection`` until the service closes it (in the forked process).
+
+        One thread does it all, in turn: a second one committing while this one scored was slower
+        (the two then contend for the interpreter lock across cores)."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us by closing the socket
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         torch.set_num_threads(1)
@@ -143,40 +159,49 @@ class Worker:
                 if messages is None:
                     return
                 queries = [_Query(*item) for message in messages for item in pickle.loads(message)]
-                replies, committed = self.handle(queries)
+                replies, committed = self.commit([self.score(queries)])
                 _send(connection, pickle.dumps((replies, committed), protocol=pickle.HIGHEST_PROTOCOL))
         finally:
             self.writer.close()
 
-    def handle(
-        self, queries: list[_Query]
-    ) -> tuple[list[tuple[int, bytes | tuple[str, str]]], list[tuple[int, float]]]:
-        """Each query's answer (JSON) or failure (kind, detail); per commit, (entries, lag in s)."""
-        replies: list[tuple[int, bytes | tuple[str, str]]] = []
-        committed: list[tuple[int, float]] = []
+    def score(self, queries: list[_Query]) -> _Scored:
+        """Answers (without their entry numbers yet) and audit records; failures answered as such."""
+        out = _Scored()
         for batch in _batches(queries):
             try:
                 serving = self.model(batch[0].version_id)
             except Exception as exc:
                 log.error("model version %s cannot be loaded: %s", batch[0].version_id, exc)
-                replies += [(q.key, ("model", f"{type(exc).__name__}")) for q in batch]
+                out.replies += [(q.key, ("model", f"{type(exc).__name__}")) for q in batch]
                 continue
             try:
                 answers, audit = self._score(serving, batch)
             except Exception as exc:  # nothing is audited, nothing is served
                 log.error("scoring failed: %s: %s", type(exc).__name__, exc)
-                replies += [(q.key, ("error", type(exc).__name__)) for q in batch]
+                out.replies += [(q.key, ("error", type(exc).__name__)) for q in batch]
                 continue
-            try:
-                seqs = self.writer.write(audit)
-            except AuditUnavailable as exc:
-                replies += [(q.key, ("audit", str(exc))) for q in batch]
-                continue
-            committed.append((len(batch), time.perf_counter() - min(q.queued_at for q in batch)))
-            for query, answer, seq in zip(batch, answers, seqs, strict=True):
-                answer["audit_entry"] = seq
-                replies.append((query.key, to_json(answer)))
-        return replies, committed
+            out.queries += batch
+            out.answers += answers
+            out.audit += audit
+        return out
+
+    def commit(self, scored: list[_Scored]) -> tuple[list[tuple[int, Reply]], list[tuple[int, float]]]:
+        """Commit the audit records of ``scored`` in one transaction (group commit); each query's reply, and the
+        commit as (entries, seconds since the oldest query arrived)."""
+        replies = [r for s in scored for r in s.replies]
+        queries = [q for s in scored for q in s.queries]
+        if not queries:
+            return replies, []
+        try:
+            seqs = self.writer.write([a for s in scored for a in s.audit])
+        except AuditUnavailable as exc:
+            return replies + [(q.key, ("audit", str(exc))) for q in queries], []
+        lag = time.perf_counter() - min(q.queued_at for q in queries)
+        answers = [a for s in scored for a in s.answers]
+        for answer, seq in zip(answers, seqs, strict=True):
+            answer["audit_entry"] = seq
+        replies += [(q.key, to_json(a)) for q, a in zip(queries, answers, strict=True)]
+        return replies, [(len(queries), lag)]
 
     def model(self, version_id: int) -> ServingModel:
         serving = self.models.get(version_id)
@@ -338,6 +363,11 @@ class Pipeline:
         return not self._stopped
 
     @property
+    def pid(self) -> int | None:
+        """The pipeline process (None before it starts and after it is reaped)."""
+        return self._pid
+
+    @property
     def backlog(self) -> int:
         return len(self._waiting)
 
@@ -444,14 +474,12 @@ class _Inbox:
             messages = self._complete()
             if messages:
                 return messages
-            self.connection.setblocking(True)
             chunk = self.connection.recv(1 << 20)
             if not chunk:
                 return None
             self.buffer += chunk
-            self.connection.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while chunk := self.connection.recv(1 << 20):
+            with contextlib.suppress(BlockingIOError):  # and whatever else is there already
+                while chunk := self.connection.recv(1 << 20, socket.MSG_DONTWAIT):
                     self.buffer += chunk
 
     def _complete(self) -> list[bytes]:
@@ -468,7 +496,6 @@ class _Inbox:
 
 
 def _send(connection: socket.socket, message: bytes) -> None:
-    connection.setblocking(True)
     connection.sendall(_LENGTH.pack(len(message)) + message)
 
 
