@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -49,7 +48,8 @@ def serve_command(
 
     Fails closed: without a valid signed federation policy the service does not start; without an
     active model version, or when the audit log cannot be written, it scores nothing. One process
-    serves: rate limits and the audit writer's group commit live in it."""
+    serves (rate limits and the audit writer's group commit live in it) with its scoring pipeline
+    process; if that one dies, the service stops too (exit 2), for its supervisor to restart it."""
     import uvicorn
 
     from coordinator.service.app import create_app
@@ -73,10 +73,22 @@ def serve_command(
         raise fail(exc) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     gc.set_threshold(50_000, 20, 20)  # a batch allocates ~10^6 short-lived objects: collect less often
-    # the audit writer waits on the disk and then for the GIL: hand it over sooner than every 5 ms
-    sys.setswitchinterval(0.001)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none")
+    )
+    lost = []
+
+    def pipeline_lost() -> None:
+        lost.append(True)
+        server.should_exit = True
+
+    app.state.service.pipeline.on_lost = pipeline_lost
     console.print(f"scoring service on http://{host}:{port} (OpenAPI at /openapi.json, docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, ws="none")
+    server.run()
+    if lost:
+        raise fail(
+            f"scoring service on port {port}: its scoring pipeline process stopped; restart the service"
+        )
 
 
 def keys_issue(

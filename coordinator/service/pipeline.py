@@ -317,6 +317,7 @@ class Pipeline:
         self._stopped = "the scoring pipeline has not started"
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_lost: Callable[[], None] | None = None  # the process ended while the service runs
 
     async def start(self, serving: ServingModel | None) -> None:
         """Fork the pipeline process (it starts with ``serving`` loaded)."""
@@ -418,9 +419,11 @@ class Pipeline:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._fail_all("the scoring pipeline process has stopped")
             if not self._closing:
                 log.error("the scoring pipeline process has stopped")
-            self._fail_all("the scoring pipeline process has stopped")
+                if self.on_lost is not None:
+                    self.on_lost()
 
     def _fail_all(self, why: str) -> None:
         self._stopped = self._stopped or why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,3 +94,45 @@ def test_serve_refuses_a_tampered_policy_in_one_line(tmp_path: Path) -> None:
     assert (
         done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     )
+
+
+def test_serve_stops_with_one_line_when_its_pipeline_process_dies(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'fedcredit.db'}"
+    env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
+    policy = write_policy(tmp_path)
+    register_model(url, trained, tmp_path / "runs")
+    key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
+    port = free_port()
+    common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", url]
+    server = subprocess.Popen(
+        [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get("/readyz").status_code == 200:
+                        break
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the service never became ready")
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert len(children) == 1  # the pipeline process
+        os.kill(int(children[0]), signal.SIGKILL)
+        _, stderr = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    assert server.returncode == 2
+    errors = [line for line in stderr.decode().splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: scoring service on port {port}: its scoring pipeline process stopped; restart the service"
+    ]
+    assert "Traceback" not in stderr.decode()
