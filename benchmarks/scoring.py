@@ -1,13 +1,15 @@
 """Scoring service throughput and latency, every query audited and committed, against a bare floor.
 
     python benchmarks/scoring.py [--json FILE] [--db URL] [--requests 3000] [--connections 16]
+                                 [--busy-connections 64]
 
 Starts the scoring service (``fedcredit serve``, uvicorn, one process) on loopback over a
 fresh database (SQLite by default) with a registered SME model and a member token; then,
 with the same server settings, a bare FastAPI endpoint that returns a constant (the floor).
 A small keep-alive HTTP/1.1 load generator in this process drives both:
 
-* single: ``--requests`` scores over ``--connections`` connections as fast as they answer;
+* single: ``--requests`` scores over ``--connections`` connections as fast as they answer
+  (and again over ``--busy-connections``, service and floor alike: ``single_busy``);
 * at_200_rps: scores sent at 200 requests/s (open loop) for ``--seconds``; latency p99;
 * batch: ``POST /v1/scores/batch`` with 10,000 applicants, ``--batches`` times;
 * in_process: parsing, encoding, scores, reason codes and the answer's JSON for 10,000
@@ -303,6 +305,12 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--busy-connections",
+        type=int,
+        default=64,
+        help="a second, busier closed loop (more queries share each pass and commit)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
@@ -349,6 +357,7 @@ def main() -> None:
             raws = [request_bytes("/v1/scores", b, token) for b in singles]
             asyncio.run(closed_loop(port, raws, 300, args.connections, audited=True))  # warm-up
             single = asyncio.run(closed_loop(port, raws, args.requests, args.connections, audited=True))
+            busy = asyncio.run(closed_loop(port, raws, args.requests, args.busy_connections, audited=True))
             paced = asyncio.run(open_loop(port, raws, 200.0, args.seconds, args.connections))
             batch_rate = asyncio.run(
                 batches(port, request_bytes("/v1/scores/batch", batch_body, token), args.batches)
@@ -381,6 +390,9 @@ def main() -> None:
             bare = asyncio.run(
                 closed_loop(floor_port, floor_raws, args.requests, args.connections, audited=False)
             )
+            bare_busy = asyncio.run(
+                closed_loop(floor_port, floor_raws, args.requests, args.busy_connections, audited=False)
+            )
         finally:
             stop(floor)
 
@@ -388,7 +400,7 @@ def main() -> None:
             queries = session.exec(
                 select(func.count()).select_from(AuditEntry).where(AuditEntry.action.startswith("query."))
             ).one()
-        expected = 300 + args.requests + int(200.0 * args.seconds) + args.batches
+        expected = 300 + 2 * args.requests + int(200.0 * args.seconds) + args.batches
         process_rate = in_process(batch_body, policy, url)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -402,6 +414,13 @@ def main() -> None:
             "p99_ms": round(single["p99_ms"], 2),
             "floor_rps": round(bare["rps"], 1),
             "ratio_to_floor": round(single["rps"] / bare["rps"], 3),
+        },
+        "single_busy": {
+            "connections": args.busy_connections,
+            "rps": round(busy["rps"], 1),
+            "p99_ms": round(busy["p99_ms"], 2),
+            "floor_rps": round(bare_busy["rps"], 1),
+            "ratio_to_floor": round(busy["rps"] / bare_busy["rps"], 3),
         },
         "at_200_rps": {
             "p99_ms": round(paced["p99_ms"], 2),
