@@ -40,6 +40,7 @@ from torch import nn
 
 from federation.inference import NumpyTowers, compile_towers
 from federation.loading import EncodedData, FeatureLayout
+from federation.memo import by_identity
 from federation.model import DimensionTower, FourDimensionModel
 from federation.schema import Column, ColumnType, Schema, Transform
 
@@ -144,6 +145,7 @@ class _TowerPlan:
     at_baseline_categorical: np.ndarray  # (copies, 1, categorical inputs), bool
 
 
+@by_identity
 @functools.lru_cache(maxsize=32)
 def _plans(layout: FeatureLayout) -> tuple[_TowerPlan, ...]:
     """The layout's tower plans: built once, so scoring a few applicants costs no set-up."""
@@ -240,13 +242,13 @@ def _decoder(column: Column) -> Callable[[float], float | int | str | None]:
     return lambda v: None if v != v else v  # already rounded to float32's digits
 
 
-def _leaders_first(strength: np.ndarray, dimension_of: np.ndarray, limit: int) -> np.ndarray:
-    """Per row, the strongest feature of each dimension first, then the strongest of the rest, up to
-    ``limit``; the chosen features come out ordered by strength (ties in feature order)."""
+def _leaders_first(strength: np.ndarray, groups: tuple[np.ndarray, ...], limit: int) -> np.ndarray:
+    """Per row, the strongest feature of each dimension (``groups``: each dimension's columns) first,
+    then the strongest of the rest, up to ``limit``; the chosen features come out ordered by
+    strength (ties in feature order)."""
     leader = np.zeros(strength.shape, dtype=bool)
     rows = np.arange(len(strength))
-    for dim in np.unique(dimension_of):
-        cols = np.flatnonzero(dimension_of == dim)
+    for cols in groups:
         leader[rows, cols[np.argmax(strength[:, cols], axis=1)]] = True
     # leaders outrank every other feature; among themselves and among the rest, strength decides
     priority = np.where(leader & (strength >= MIN_EFFECT), 1.0, 0.0)
@@ -275,11 +277,12 @@ class _Texts:
     columns: list[Column]
     names: np.ndarray  # object: the feature names, layout order
     dimensions: np.ndarray  # object: each feature's dimension
-    dimension_codes: np.ndarray  # the dimensions as strings, for grouping
+    dimension_groups: tuple[np.ndarray, ...]  # each dimension's feature columns
     texts: np.ndarray  # object: every feature's texts, one after the other
     first_text: np.ndarray  # where each feature's texts start
 
 
+@by_identity
 @functools.lru_cache(maxsize=32)
 def _texts(schema: Schema, layout: FeatureLayout) -> _Texts:
     names = feature_names(layout)
@@ -301,7 +304,9 @@ def _texts(schema: Schema, layout: FeatureLayout) -> _Texts:
         columns=columns,
         names=np.array(names, dtype=object),
         dimensions=np.array(dimensions, dtype=object),
-        dimension_codes=np.asarray(dimensions),
+        dimension_groups=tuple(
+            np.flatnonzero(np.asarray(dimensions) == d) for d in np.unique(np.asarray(dimensions))
+        ),
         texts=np.array([t for ts in texts for t in ts], dtype=object),
         first_text=np.cumsum([0, *(len(t) for t in texts[:-1])]),
     )
@@ -337,7 +342,7 @@ def reason_records(
     if adverse:
         order = np.argsort(-strength, axis=1, kind="stable")[:, :limit]  # stable: ties in feature order
     else:
-        order = _leaders_first(strength, known.dimension_codes, limit)
+        order = _leaders_first(strength, known.dimension_groups, limit)
     kept = (np.take_along_axis(strength, order, axis=1) >= MIN_EFFECT).sum(axis=1)
 
     # the kept (row, feature) pairs, flat, row by row: numpy picks every part, Python only packs dicts

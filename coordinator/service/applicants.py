@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from federation.loading import EncodedData, FeatureLayout, apply_transform
+from federation.memo import by_identity
 from federation.schema import ColumnType, MissingPolicy, Schema, Transform
 from policies.documents import PURPOSES
 
@@ -100,6 +101,7 @@ class _Encoding:
     id_column: str
 
 
+@by_identity
 @functools.lru_cache(maxsize=8)
 def _encoding(schema: Schema, layout: FeatureLayout) -> _Encoding:
     by_transform: dict[Transform, list[int]] = {}
