@@ -174,7 +174,7 @@ def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> l
             "action": row["action"],
             "resource": row["resource"],
             "decision": row.get("decision", ""),
-            "rules": json.dumps(rules),
+            "rules": json.dumps(rules) if rules else "[]",
             "policy_sha256": row.get("policy_sha256", ""),
             "input_sha256": row.get("input_sha256", ""),
             "prev": prev,
@@ -493,12 +493,15 @@ def sign_head(session: Session, key: Ed25519PrivateKey) -> SignedHead | None:
     return head
 
 
-def signed_head_row(key: Ed25519PrivateKey, seq: int, hash: str) -> dict[str, Any]:
-    """The signed-head row for the chain's head ``(seq, hash)``, for a bulk insert."""
+def signed_head_row(
+    key: Ed25519PrivateKey, seq: int, hash: str, signed_by: str | None = None
+) -> dict[str, Any]:
+    """The signed-head row for the chain's head ``(seq, hash)``, for a bulk insert (``signed_by``:
+    ``key``'s public key text, when the caller has it already)."""
     return {
         "seq": seq,
         "hash": hash,
-        "signed_by": public_key_text(key.public_key()),
+        "signed_by": signed_by or public_key_text(key.public_key()),
         "signature": sign_bytes(key, canonical_json({"seq": seq, "hash": hash})),
         "ts": _now(),
     }

@@ -37,6 +37,7 @@ from policies.audit import (
     signed_head_row,
 )
 from policies.query_log import QueryRecord, prune, utc_stamp
+from policies.signing import public_key_text
 
 log = logging.getLogger("fedcredit.service")
 PRUNE_EVERY_S = 3600.0
@@ -98,6 +99,7 @@ class AuditWriter:
         self.retention_days = retention_days
         self._last_prune = 0.0
         self._sql = _Statements.of(engine.dialect.name)
+        self._signer = public_key_text(key.public_key())
         self._connection: PoolProxiedConnection | None = None  # the pipeline thread's own
 
     def write(self, batch: list[Query]) -> list[int]:
@@ -207,7 +209,7 @@ class AuditWriter:
                 for q, row in zip(batch, rows, strict=True)
             ],
         )
-        cursor.execute(sql.head, signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"]))
+        cursor.execute(sql.head, signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"], self._signer))
         return [row["seq"] for row in rows]
 
     def close(self) -> None:
