@@ -100,7 +100,7 @@ class AuditWriter:
         self._last_prune = 0.0
         self._sql = _Statements.of(engine.dialect.name)
         self._signer = public_key_text(key.public_key())
-        self._connection: PoolProxiedConnection | None = None  # the pipeline thread's own
+        self._connection: PoolProxiedConnection | None = None  # the pipeline process's own
 
     def write(self, batch: list[Query]) -> list[int]:
         """Commit ``batch``'s entries and records; their entry numbers. Raises :class:`AuditUnavailable`."""

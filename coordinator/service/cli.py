@@ -48,8 +48,9 @@ def serve_command(
 
     Fails closed: without a valid signed federation policy the service does not start; without an
     active model version, or when the audit log cannot be written, it scores nothing. One process
-    serves (rate limits and the audit writer's group commit live in it) with its scoring pipeline
-    process; if that one dies, the service stops too (exit 2), for its supervisor to restart it."""
+    serves (the rate limits live in it) with its scoring pipeline process (scores, group commit of
+    the audit entries); if that one dies, the service stops too (exit 2), for its supervisor to
+    restart it."""
     import uvicorn
 
     from coordinator.service.app import create_app
