@@ -6,19 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
-from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from coordinator.service.app import create_app
-from coordinator.service.settings import ServiceSettings
-from federation.model import FourDimensionModel
 from policies.audit import AuditEntry, create_audit_engine
-from policies.demo_keys import DEMO_COORDINATOR_KEY
 
-from .conftest import TRUST, body, issue_token, register_model, write_policy
+from .conftest import body
 
 
 def _gone(pid: int) -> bool:
@@ -34,31 +28,20 @@ def _entries(url: str) -> int:
         return session.exec(select(func.count()).select_from(AuditEntry)).one()
 
 
-def test_the_pipeline_is_a_process_of_its_own_and_ends_with_the_service(
-    db_url: str, tmp_path: Path, trained: FourDimensionModel
-) -> None:
-    policy = write_policy(tmp_path)
-    register_model(db_url, trained, tmp_path / "runs")
-    token = issue_token(db_url, policy, "national_bank", "member")
-    app = create_app(
-        ServiceSettings(
-            federation_policy=policy,
-            trust=TRUST,
-            coordinator_key=DEMO_COORDINATOR_KEY,
-            allow_demo_keys=True,
-            database_url=db_url,
-        )
-    )
-    with TestClient(app) as client:
-        pid = app.state.service.pipeline.pid
-        assert pid is not None and pid != os.getpid() and not _gone(pid)
-        scored = client.post("/v1/scores", json=body(), headers={"Authorization": f"Bearer {token}"})
-        assert scored.status_code == 200, scored.text
-        with Session(create_audit_engine(db_url)) as session:
-            entry = session.get(AuditEntry, scored.json()["audit_entry"])
-        assert entry is not None and entry.action == "query.score"
+def test_the_pipeline_is_a_process_of_its_own_and_ends_with_the_service(start_service) -> None:  # type: ignore[no-untyped-def]
+    service = start_service()
+    pipeline = service.client.app.state.service.pipeline
+    pid = pipeline.pid
+    assert pid is not None and pid != os.getpid() and not _gone(pid)
+    scored = service.client.post("/v1/scores", json=body(), headers=service.headers("national_bank"))
+    assert scored.status_code == 200, scored.text
+    with Session(create_audit_engine(service.url)) as session:
+        entry = session.get(AuditEntry, scored.json()["audit_entry"])
+    assert entry is not None and entry.action == "query.score"
+
+    service.client.__exit__(None, None, None)  # the service stops (the fixture's second stop is a no-op)
     assert _gone(pid)  # stopped and reaped with the service
-    assert app.state.service.pipeline.pid is None
+    assert pipeline.pid is None
 
 
 def test_a_pipeline_process_that_dies_means_no_score_and_not_ready(start_service) -> None:  # type: ignore[no-untyped-def]

@@ -25,6 +25,30 @@ def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([FEDCREDIT, *args], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
 
 
+def _serve_until_ready(common: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``fedcredit serve`` started in a session of its own, once ``/readyz`` answers 200."""
+    key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
+    server = subprocess.Popen(
+        [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        for _ in range(300):
+            with contextlib.suppress(httpx.TransportError):
+                if http.get("/readyz").status_code == 200:
+                    return server
+            if server.poll() is not None:
+                raise AssertionError(server.stderr.read() if server.stderr else "the service stopped")
+            time.sleep(0.1)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+    raise AssertionError("the service never became ready")
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
@@ -39,27 +63,9 @@ def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) ->
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "allowed_members" in refused.stderr
 
     port = free_port()
-    key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
-    server = subprocess.Popen(
-        [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    server = _serve_until_ready(common, port, env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                time.sleep(0.1)
-            else:
-                raise AssertionError("the service never became ready")
             document = http.get("/openapi.json").json()
             assert document["openapi"].startswith("3.1")
             decided = http.post("/v1/decisions", json=body(), headers={"Authorization": f"Bearer {token}"})
@@ -101,27 +107,10 @@ def test_serve_stops_with_one_line_when_its_pipeline_process_dies(tmp_path: Path
     env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
     policy = write_policy(tmp_path)
     register_model(url, trained, tmp_path / "runs")
-    key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
     port = free_port()
     common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", url]
-    server = subprocess.Popen(
-        [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    server = _serve_until_ready(common, port, env)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    if http.get("/readyz").status_code == 200:
-                        break
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                time.sleep(0.1)
-            else:
-                raise AssertionError("the service never became ready")
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
         assert len(children) == 1  # the pipeline process
         os.kill(int(children[0]), signal.SIGKILL)
