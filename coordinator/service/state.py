@@ -16,7 +16,8 @@ from sqlmodel import Session
 
 from coordinator.service.audit_writer import AuditWriter
 from coordinator.service.metrics import Metrics
-from coordinator.service.pipeline import Pipeline, Served, Worker
+from coordinator.service.pipeline import Pipeline
+from coordinator.service.pipeline_worker import Served, Worker
 from coordinator.service.rate_limit import RateLimiter
 from coordinator.service.scorer import ServingModel
 from coordinator.service.settings import ServiceSettings

@@ -3,16 +3,23 @@ dies the service scores nothing and says it is not ready (never a hang, never an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from coordinator.service.applicants import request_models
+from coordinator.service.pipeline import Job
+from coordinator.service.settings import ServiceSettings
+from coordinator.service.state import ServiceState
 from policies.audit import AuditEntry, create_audit_engine
+from policies.demo_keys import DEMO_COORDINATOR_KEY
 
-from .conftest import body
+from .conftest import TRUST, body, register_model, write_policy
 
 
 def _gone(pid: int) -> bool:
@@ -64,3 +71,48 @@ def test_a_pipeline_process_that_dies_means_no_score_and_not_ready(start_service
     ready = service.client.get("/readyz")
     assert ready.status_code == 503 and "pipeline" in ready.json()["detail"]
     assert _entries(service.url) == before
+
+
+def test_stopping_answers_what_the_process_already_holds(db_url: str, tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    register_model(db_url, trained, tmp_path / "runs")
+    state = ServiceState(
+        ServiceSettings(
+            federation_policy=write_policy(tmp_path),
+            trust=TRUST,
+            coordinator_key=DEMO_COORDINATOR_KEY,
+            allow_demo_keys=True,
+            database_url=db_url,
+        )
+    )
+    state.refresh_model()
+    assert state.serving is not None and state.serving.version.id is not None
+    single, _ = request_models(state.schema, 10)
+    applicant = single.model_validate(body()).applicant  # type: ignore[attr-defined]
+    version = state.serving.version.id
+
+    async def score_then_stop() -> list[object]:
+        await state.pipeline.start(state.serving)
+        asked = [
+            asyncio.create_task(
+                state.pipeline.run(
+                    Job(
+                        "score",
+                        version,
+                        [applicant],
+                        "national_bank",
+                        "credit_underwriting",
+                        "c",
+                        f"{i:064x}",
+                    )
+                )
+            )
+            for i in range(20)
+        ]
+        await asyncio.sleep(0)  # the requests are queued and sent
+        await state.pipeline.stop()
+        return await asyncio.gather(*asked, return_exceptions=True)
+
+    answers = asyncio.run(score_then_stop())
+    state.engine.dispose()
+    assert all(isinstance(a, bytes) and b'"audit_entry"' in a for a in answers), answers
+    assert _entries(db_url) == 20
