@@ -120,6 +120,7 @@ class Pipeline:
 
     async def stop(self) -> None:
         """End the process: it answers what it holds, sees the connection close and exits; then reap it."""
+        self._flush()  # what is queued goes first
         self._closing = True
         if self._writer is not None:
             with contextlib.suppress(OSError, RuntimeError):
@@ -176,7 +177,13 @@ class Pipeline:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        if self._stopped or self._writer is None or not pending:
+        if not pending:
+            return
+        if self._stopped or self._closing or self._writer is None:
+            for key, _ in pending:
+                future = self._waiting.pop(key, None)
+                if future is not None:
+                    _resolve(future, PipelineStopped(self._stopped or "the scoring pipeline is stopping"))
             return
         message = pickle.dumps([job.message(key) for key, job in pending], protocol=pickle.HIGHEST_PROTOCOL)
         self._writer.write(LENGTH.pack(len(message)) + message)

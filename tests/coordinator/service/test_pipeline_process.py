@@ -89,6 +89,7 @@ def test_stopping_answers_what_the_process_already_holds(db_url: str, tmp_path: 
     single, _ = request_models(state.schema, 10)
     applicant = single.model_validate(body()).applicant  # type: ignore[attr-defined]
     version = state.serving.version.id
+    before = _entries(db_url)
 
     async def score_then_stop() -> list[object]:
         await state.pipeline.start(state.serving)
@@ -115,4 +116,4 @@ def test_stopping_answers_what_the_process_already_holds(db_url: str, tmp_path: 
     answers = asyncio.run(score_then_stop())
     state.engine.dispose()
     assert all(isinstance(a, bytes) and b'"audit_entry"' in a for a in answers), answers
-    assert _entries(db_url) == 20
+    assert _entries(db_url) == before + 20
