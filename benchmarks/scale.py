@@ -81,9 +81,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+from benchmarks.proc_stats import ProcStat, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "var" / "bench" / "scale"
@@ -113,28 +114,6 @@ def secagg_neighbourhood(institutions: int, factor: float) -> tuple[int, int]:
 # --- memory: the whole process tree, sampled from /proc ---------------------------------------
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    name: str
-    ppid: int
-    session: int
-    cpu_seconds: float  # user + system
-
-
-def _stat(pid: int) -> ProcStat | None:
-    """What /proc/<pid>/stat says of ``pid``; None when it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name, rest = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
-    # fields 4 (ppid), 6 (session), 14 and 15 (utime, stime in clock ticks)
-    return ProcStat(name, int(rest[1]), int(rest[3]), (int(rest[11]) + int(rest[12])) / CLOCK_TICKS)
-
-
 def _kib(path: str, field: str) -> int:
     try:
         with open(path) as handle:
@@ -144,26 +123,6 @@ def _kib(path: str, field: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def process_tree(root: int, session: int | None = None) -> dict[int, ProcStat]:
-    """``root``, its descendants and the processes in ``session``."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (found := _stat(int(entry))) is not None:
-            stats[int(entry)] = found
-    children: dict[int, list[int]] = {}
-    for pid, stat in stats.items():
-        children.setdefault(stat.ppid, []).append(pid)
-    tree, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats and pid not in tree:
-            tree.add(pid)
-            todo.extend(children.get(pid, []))
-    if session is not None:
-        tree |= {pid for pid, stat in stats.items() if stat.session == session}
-    return {pid: stats[pid] for pid in tree}
 
 
 class TreeSampler(threading.Thread):

@@ -16,6 +16,9 @@ A small keep-alive HTTP/1.1 load generator in this process drives both:
   applicants, as the service does them, without HTTP or audit.
 
 Every 200 is checked to carry an audit entry; the entries are counted in the database at the end.
+cpu_us_per_request: CPU time (user + system, from /proc) per request in the single phase, of the
+service (its event loop process and its pipeline process), the floor, and this load generator
+(they share the machine's cores).
 Targets: ratio_to_floor >= 0.5, at_200_rps p99 <= 25 ms, batch >= 20,000 applicants/s.
 """
 
@@ -42,6 +45,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, func, select
 
+from benchmarks.proc_stats import cpu_seconds
 from coordinator.service.demo import free_port
 from federation.datasets.synthetic import generate_sme
 from federation.errors import FedCreditError
@@ -178,6 +182,20 @@ class Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class Cpu:
+    """CPU time a server's process tree and this process spend from now on."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.server, self.own = cpu_seconds(server_pid), time.process_time()
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        return {
+            "server": round((cpu_seconds(self.pid) - self.server) / requests * 1e6, 1),
+            "load_generator": round((time.process_time() - self.own) / requests * 1e6, 1),
+        }
 
 
 def request_bytes(path: str, body: bytes, token: str) -> bytes:
@@ -356,7 +374,9 @@ def main() -> None:
         try:
             raws = [request_bytes("/v1/scores", b, token) for b in singles]
             asyncio.run(closed_loop(port, raws, 300, args.connections, audited=True))  # warm-up
+            cpu = Cpu(service.pid)
             single = asyncio.run(closed_loop(port, raws, args.requests, args.connections, audited=True))
+            service_cpu = cpu.per_request(args.requests)
             busy = asyncio.run(closed_loop(port, raws, args.requests, args.busy_connections, audited=True))
             paced = asyncio.run(open_loop(port, raws, 200.0, args.seconds, args.connections))
             batch_rate = asyncio.run(
@@ -387,9 +407,11 @@ def main() -> None:
         try:
             floor_raws = [request_bytes("/v1/scores", b, token) for b in singles]
             asyncio.run(closed_loop(floor_port, floor_raws, 300, args.connections, audited=False))
+            cpu = Cpu(floor.pid)
             bare = asyncio.run(
                 closed_loop(floor_port, floor_raws, args.requests, args.connections, audited=False)
             )
+            floor_cpu = cpu.per_request(args.requests)
             bare_busy = asyncio.run(
                 closed_loop(floor_port, floor_raws, args.requests, args.busy_connections, audited=False)
             )
@@ -414,6 +436,12 @@ def main() -> None:
             "p99_ms": round(single["p99_ms"], 2),
             "floor_rps": round(bare["rps"], 1),
             "ratio_to_floor": round(single["rps"] / bare["rps"], 3),
+        },
+        "cpu_us_per_request": {
+            "service": service_cpu["server"],
+            "service_load_generator": service_cpu["load_generator"],
+            "floor": floor_cpu["server"],
+            "floor_load_generator": floor_cpu["load_generator"],
         },
         "single_busy": {
             "connections": args.busy_connections,
