@@ -98,8 +98,10 @@ class Worker:
 
         One thread does it all, in turn: a second one committing while this one scored was slower
         (the two then contend for the interpreter lock across cores)."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us by closing the socket
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # the service stops us by closing the socket, after its last answers: a SIGINT or SIGTERM
+        # sent to the whole process group (Ctrl-C, a supervisor) is for the service to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         torch.set_num_threads(1)
         self.engine.dispose(close=False)  # the service's pooled connections stay the service's
         inbox = _Inbox(connection)

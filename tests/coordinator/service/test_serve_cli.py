@@ -72,10 +72,14 @@ def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) ->
             assert decided.status_code == 200, decided.text
             assert decided.json()["decision"] in ("approve", "refer", "decline")
             assert "fedcredit_audited_queries_total 1" in http.get("/metrics").text
+        (pipeline,) = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    assert server.returncode in (0, -signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)  # the whole group, as a supervisor or Ctrl-C would
+        _, stderr = server.communicate(timeout=30)
+    # a clean stop: the service ends its pipeline process itself, it does not see it die first
+    assert server.returncode in (0, -signal.SIGTERM), stderr.decode()
+    assert b"scoring pipeline process" not in stderr
+    assert not Path(f"/proc/{pipeline}").exists()
 
 
 def test_serve_refuses_a_tampered_policy_in_one_line(tmp_path: Path) -> None:
