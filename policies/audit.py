@@ -151,8 +151,8 @@ def hashed_body(row: dict[str, Any], seq: int) -> dict[str, Any]:
     }
 
 
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_LAST = (
+CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:key)")  # PostgreSQL; SQLite locks at BEGIN IMMEDIATE
+LAST_ENTRY = (
     select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)  # type: ignore[attr-defined]
 )
 
@@ -278,7 +278,7 @@ def lock_chain(session: Session | Connection) -> None:
     """Take the audit chain's write lock for the rest of the transaction (PostgreSQL; SQLite locks at BEGIN)."""
     dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
     if dialect.name == "postgresql":
-        session.execute(_LOCK, {"key": ADVISORY_LOCK_KEY})
+        session.execute(CHAIN_LOCK, {"key": ADVISORY_LOCK_KEY})
 
 
 def _now() -> str:
@@ -318,7 +318,7 @@ def append(
 def last_entry(session: Session | Connection) -> tuple[int, str] | None:
     """The chain's last (seq, hash), or None when it is empty (take :func:`lock_chain` first)."""
     connection = session if isinstance(session, Connection) else session.connection()
-    last = connection.execute(_LAST).first()
+    last = connection.execute(LAST_ENTRY).first()
     return None if last is None else (last[0], last[1])
 
 

@@ -1,7 +1,7 @@
 """The audit side of a query: its entry and its record, many queries per transaction (group commit).
 
 :class:`AuditWriter` appends a batch of queries to the hash chain and their records in one
-transaction, signs the new head and commits; the scoring pipeline (:mod:`.pipeline`) releases
+transaction, signs the new head and commits; the pipeline process (:mod:`.pipeline_worker`) releases
 no answer before that commit returns. A failed commit fails every query of the batch: no score
 without its committed entry.
 
@@ -22,12 +22,14 @@ from typing import Any
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Table
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, func, select
 
 from policies.audit import (
     ADVISORY_LOCK_KEY,
+    CHAIN_LOCK,
+    LAST_ENTRY,
     AuditEntry,
     SignedHead,
     chained_rows,
@@ -55,8 +57,12 @@ class _Statements:
     head: str
 
     @classmethod
-    def of(cls, dialect: str) -> _Statements:
-        sqlite = dialect == "sqlite"
+    def of(cls, dialect: Dialect) -> _Statements:
+        """The chain's own lock and head queries (:mod:`policies.audit`) as the driver's SQL."""
+        sqlite = dialect.name == "sqlite"
+
+        def sql(statement: Any) -> str:
+            return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
         def insert(table: Table, skip: str = "") -> str:
             names = [c.name for c in table.columns if c.name != skip]
@@ -64,9 +70,9 @@ class _Statements:
             return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(marks)})"
 
         return cls(
-            lock=None if sqlite else f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})",
+            lock=None if sqlite else sql(CHAIN_LOCK.bindparams(key=ADVISORY_LOCK_KEY)),
             begin="BEGIN IMMEDIATE" if sqlite else None,
-            last=f"SELECT seq, hash FROM {AuditEntry.__tablename__} ORDER BY seq DESC LIMIT 1",
+            last=sql(LAST_ENTRY),
             entries=insert(AuditEntry.__table__),  # type: ignore[attr-defined]
             records=insert(QueryRecord.__table__, skip="id"),  # type: ignore[attr-defined]
             head=insert(SignedHead.__table__, skip="id"),  # type: ignore[attr-defined]
@@ -98,7 +104,7 @@ class AuditWriter:
         self.key = key
         self.retention_days = retention_days
         self._last_prune = 0.0
-        self._sql = _Statements.of(engine.dialect.name)
+        self._sql = _Statements.of(engine.dialect)
         self._signer = public_key_text(key.public_key())
         self._connection: PoolProxiedConnection | None = None  # the pipeline process's own
 
