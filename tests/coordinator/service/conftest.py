@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -37,6 +38,7 @@ FEDERATION = "federation.sme-consortium"
 def trained(sme_frame: pd.DataFrame, sme_schema: Schema) -> FourDimensionModel:
     """A small model trained on synthetic SME rows (a few seconds)."""
     data = encode_frame(sme_frame, sme_schema, "sme")
+    torch.manual_seed(0)  # the initial weights too: the same model whatever ran before in this worker
     model = FourDimensionModel(data.layout)
     model.set_normalization(stats_from_moments(local_moments(data.numeric)))
     train_local(model, data, TrainConfig(epochs=4, batch_size=128, learning_rate=0.01), seed=3)
