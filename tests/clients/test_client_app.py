@@ -82,8 +82,10 @@ def test_stats_phase_returns_only_aggregates(node_dir: Path) -> None:
 
 def test_every_reply_is_signed_with_the_institutions_key(node_dir: Path) -> None:
     """The coordinator attributes a reply to the key that signed it, not to the name it carries."""
-    _, _, metrics = _client(load_node_data(node_dir, "sme")).fit([], config())  # type: ignore[arg-type]
-    digest = SignedRequest.from_wire(request_bytes()).digest
+    # one request for both: it carries its issue time to the second, so two would differ across a tick
+    request = request_bytes()
+    _, _, metrics = _client(load_node_data(node_dir, "sme")).fit([], config(request=request))  # type: ignore[arg-type]
+    digest = SignedRequest.from_wire(request).digest
     said = Attestation("bank_a", digest, P.PHASE_STATS, 0, 7)
     members = {"bank_a": public_key_text(NODE_KEY.public_key())}
     assert attributed_member(said, str(metrics[P.ATTESTATION]), members) == "bank_a"
