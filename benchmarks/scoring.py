@@ -1,15 +1,17 @@
 """Scoring service throughput and latency, every query audited and committed, against a bare floor.
 
     python benchmarks/scoring.py [--json FILE] [--db URL] [--requests 3000] [--connections 16]
-                                 [--busy-connections 64]
+                                 [--busy-connections 64] [--rounds 3]
 
 Starts the scoring service (``fedcredit serve``, uvicorn, one process) on loopback over a
-fresh database (SQLite by default) with a registered SME model and a member token; then,
-with the same server settings, a bare FastAPI endpoint that returns a constant (the floor).
+fresh database (SQLite by default) with a registered SME model and a member token, and beside
+it, with the same server settings, a bare FastAPI endpoint that returns a constant (the floor).
 A small keep-alive HTTP/1.1 load generator in this process drives both:
 
 * single: ``--requests`` scores over ``--connections`` connections as fast as they answer
-  (and again over ``--busy-connections``, service and floor alike: ``single_busy``);
+  (and again over ``--busy-connections``, service and floor alike: ``single_busy``). Service
+  and floor take turns, in ``--rounds`` rounds, so that a shared machine speeding up or slowing
+  down during the run touches both alike; ``ratio_by_round`` shows how far the rounds agree;
 * at_200_rps: scores sent at 200 requests/s (open loop) for ``--seconds``; latency p99;
 * batch: ``POST /v1/scores/batch`` with 10,000 applicants, ``--batches`` times;
 * in_process: parsing, encoding, scores, reason codes and the answer's JSON for 10,000
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +37,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,17 +190,29 @@ class Connection:
 
 
 class Cpu:
-    """CPU time a server's process tree and this process spend from now on."""
+    """CPU time a server's process tree and this process spend while measured."""
 
     def __init__(self, server_pid: int) -> None:
         self.pid = server_pid
-        self.server, self.own = cpu_seconds(server_pid), time.process_time()
+        self.server = self.own = 0.0
 
-    def per_request(self, requests: int) -> dict[str, float]:
-        return {
-            "server": round((cpu_seconds(self.pid) - self.server) / requests * 1e6, 1),
-            "load_generator": round((time.process_time() - self.own) / requests * 1e6, 1),
-        }
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        server, own = cpu_seconds(self.pid), time.process_time()
+        yield
+        self.server += cpu_seconds(self.pid) - server
+        self.own += time.process_time() - own
+
+    def server_us(self, requests: int) -> float:
+        return round(self.server / requests * 1e6, 1)
+
+    def own_us(self, requests: int) -> float:
+        return round(self.own / requests * 1e6, 1)
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal whole shares."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def request_bytes(path: str, body: bytes, token: str) -> bytes:
@@ -206,11 +223,32 @@ def request_bytes(path: str, body: bytes, token: str) -> bytes:
     return head.encode() + body
 
 
+@dataclass
+class Loop:
+    """What closed loops measured: every request's latency, and the time they took in all."""
+
+    latencies: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def add(self, other: Loop) -> None:
+        self.latencies += other.latencies
+        self.elapsed += other.elapsed
+
+    def figures(self) -> dict[str, float]:
+        ms = np.asarray(self.latencies) * 1000
+        return {
+            "rps": len(self.latencies) / self.elapsed,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+        }
+
+
 async def closed_loop(
-    port: int, raws: list[bytes], total: int, connections: int, audited: bool
-) -> dict[str, float]:
-    """``total`` requests over ``connections`` connections, each sending the next when answered."""
-    latencies: list[float] = []
+    port: int, raws: list[bytes], total: int, connections: int, audited: bool, into: Loop | None = None
+) -> Loop:
+    """``total`` requests over ``connections`` connections, each sending the next when answered
+    (added to ``into`` when given)."""
+    loop = into if into is not None else Loop()
     counter = iter(range(total))
 
     async def worker() -> None:
@@ -219,7 +257,7 @@ async def closed_loop(
             for i in counter:
                 sent = time.perf_counter()
                 status, body = await conn.post(raws[i % len(raws)])
-                latencies.append(time.perf_counter() - sent)
+                loop.latencies.append(time.perf_counter() - sent)
                 if status != 200 or (audited and b'"audit_entry"' not in body):
                     raise RuntimeError(f"request {i}: status {status}: {body[:300]!r}")
         finally:
@@ -227,13 +265,8 @@ async def closed_loop(
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    elapsed = time.perf_counter() - started
-    ms = np.asarray(latencies) * 1000
-    return {
-        "rps": total / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
+    loop.elapsed += time.perf_counter() - started
+    return loop
 
 
 async def open_loop(
@@ -329,9 +362,18 @@ def main() -> None:
         default=64,
         help="a second, busier closed loop (more queries share each pass and commit)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the closed loops run in this many rounds, service and floor in turn, so that a change "
+        "in the machine's speed during the run touches both alike",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
+    if not 1 <= args.rounds <= args.requests:
+        parser.error(f"--rounds must be between 1 and --requests ({args.requests}), got {args.rounds}")
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="fedcredit-scoring-bench-"))
     url, schema = own_schema(args.db) if args.db else (f"sqlite:///{folder / 'fedcredit.db'}", None)
@@ -349,7 +391,7 @@ def main() -> None:
             {"purpose": "credit_underwriting", "consent_reference": "batch", "applicants": batch_rows}
         ).encode()
 
-        port = free_port()
+        port, floor_port = free_port(), free_port()
         fedcredit = str(Path(sys.executable).with_name("fedcredit"))
         service = serve(
             [
@@ -372,51 +414,52 @@ def main() -> None:
             folder / "service.log",
         )
         try:
+            floor = serve(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "benchmarks.scoring:floor_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(floor_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                floor_port,
+                env,
+                folder / "floor.log",
+            )
+        except BaseException:
+            stop(service)
+            raise
+        try:
             raws = [request_bytes("/v1/scores", b, token) for b in singles]
             asyncio.run(closed_loop(port, raws, 300, args.connections, audited=True))  # warm-up
-            cpu = Cpu(service.pid)
-            single = asyncio.run(closed_loop(port, raws, args.requests, args.connections, audited=True))
-            service_cpu = cpu.per_request(args.requests)
-            busy = asyncio.run(closed_loop(port, raws, args.requests, args.busy_connections, audited=True))
+            asyncio.run(closed_loop(floor_port, raws, 300, args.connections, audited=False))
+            service_cpu, floor_cpu = Cpu(service.pid), Cpu(floor.pid)
+            single, bare, busy, bare_busy = Loop(), Loop(), Loop(), Loop()
+            ratios: list[float] = []
+            for share in shares(args.requests, args.rounds):  # service and floor in turn
+                with service_cpu.measuring():
+                    one = asyncio.run(closed_loop(port, raws, share, args.connections, True))
+                with floor_cpu.measuring():
+                    other = asyncio.run(closed_loop(floor_port, raws, share, args.connections, False))
+                ratios.append(one.figures()["rps"] / other.figures()["rps"])
+                single.add(one)
+                bare.add(other)
+            for share in shares(args.requests, args.rounds):
+                asyncio.run(closed_loop(port, raws, share, args.busy_connections, True, busy))
+                asyncio.run(closed_loop(floor_port, raws, share, args.busy_connections, False, bare_busy))
             paced = asyncio.run(open_loop(port, raws, 200.0, args.seconds, args.connections))
             batch_rate = asyncio.run(
                 batches(port, request_bytes("/v1/scores/batch", batch_body, token), args.batches)
             )
         finally:
-            stop(service)
-
-        floor_port = free_port()
-        floor = serve(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "benchmarks.scoring:floor_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(floor_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            floor_port,
-            env,
-            folder / "floor.log",
-        )
-        try:
-            floor_raws = [request_bytes("/v1/scores", b, token) for b in singles]
-            asyncio.run(closed_loop(floor_port, floor_raws, 300, args.connections, audited=False))
-            cpu = Cpu(floor.pid)
-            bare = asyncio.run(
-                closed_loop(floor_port, floor_raws, args.requests, args.connections, audited=False)
-            )
-            floor_cpu = cpu.per_request(args.requests)
-            bare_busy = asyncio.run(
-                closed_loop(floor_port, floor_raws, args.requests, args.busy_connections, audited=False)
-            )
-        finally:
             stop(floor)
+            stop(service)
 
         with Session(create_audit_engine(url)) as session:
             queries = session.exec(
@@ -429,26 +472,29 @@ def main() -> None:
         if schema is not None:
             with create_engine(args.db).begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    single_figures, busy_figures = single.figures(), busy.figures()
+    single_rps, floor_rps = single_figures["rps"], bare.figures()["rps"]
     figures = {
         "single": {
-            "rps": round(single["rps"], 1),
-            "p50_ms": round(single["p50_ms"], 2),
-            "p99_ms": round(single["p99_ms"], 2),
-            "floor_rps": round(bare["rps"], 1),
-            "ratio_to_floor": round(single["rps"] / bare["rps"], 3),
+            "rps": round(single_rps, 1),
+            "p50_ms": round(single_figures["p50_ms"], 2),
+            "p99_ms": round(single_figures["p99_ms"], 2),
+            "floor_rps": round(floor_rps, 1),
+            "ratio_to_floor": round(single_rps / floor_rps, 3),
+            "ratio_by_round": [round(r, 3) for r in ratios],
         },
         "cpu_us_per_request": {
-            "service": service_cpu["server"],
-            "service_load_generator": service_cpu["load_generator"],
-            "floor": floor_cpu["server"],
-            "floor_load_generator": floor_cpu["load_generator"],
+            "service": service_cpu.server_us(args.requests),
+            "service_load_generator": service_cpu.own_us(args.requests),
+            "floor": floor_cpu.server_us(args.requests),
+            "floor_load_generator": floor_cpu.own_us(args.requests),
         },
         "single_busy": {
             "connections": args.busy_connections,
-            "rps": round(busy["rps"], 1),
-            "p99_ms": round(busy["p99_ms"], 2),
-            "floor_rps": round(bare_busy["rps"], 1),
-            "ratio_to_floor": round(busy["rps"] / bare_busy["rps"], 3),
+            "rps": round(busy_figures["rps"], 1),
+            "p99_ms": round(busy_figures["p99_ms"], 2),
+            "floor_rps": round(bare_busy.figures()["rps"], 1),
+            "ratio_to_floor": round(busy_figures["rps"] / bare_busy.figures()["rps"], 3),
         },
         "at_200_rps": {
             "p99_ms": round(paced["p99_ms"], 2),
@@ -463,7 +509,7 @@ def main() -> None:
     }
     print(json.dumps(figures, indent=2))
     targets = {
-        "ratio_to_floor >= 0.5": single["rps"] / bare["rps"] >= 0.5,
+        "ratio_to_floor >= 0.5": single_rps / floor_rps >= 0.5,
         "at_200_rps p99 <= 25 ms": paced["p99_ms"] <= 25,
         "batch >= 20,000 applicants/s": batch_rate >= 20_000,
         "every query audited": int(queries) == expected,

@@ -25,6 +25,8 @@ from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlmodel import Session, col, select
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from coordinator.service import problems
 from coordinator.service.applicants import request_models
@@ -128,6 +130,19 @@ class Guard:
 
 class _TooLarge(Exception):
     pass
+
+
+class DirectRoute(Route):
+    """A plain Starlette route for an endpoint that takes only the request: the scoring routes read
+    their token and body themselves, and FastAPI's own handling of a route (its dependency solving,
+    its exit stacks) cost about a third of a scoring request's time in the event loop. Errors still
+    go through the app's problem handlers."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self  # as FastAPI sets it: the metrics name requests by route
+        return match, child
 
 
 @dataclass(frozen=True)
@@ -363,6 +378,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """Approve, refer or decline one applicant by the policy's cut-offs, with a suggested limit and,
         unless approved, the strongest reasons against."""
         return await answer(request, single_body, "decision")
+
+    # served ahead of FastAPI's routes for the same paths, which stay for the OpenAPI document
+    app.router.routes[:0] = [
+        DirectRoute(path, endpoint, methods=["POST"], include_in_schema=False)
+        for path, endpoint in (
+            ("/v1/scores", score_one),
+            ("/v1/scores/batch", score_many),
+            ("/v1/decisions", decision),
+        )
+    ]
 
     def _summaries(session: Session) -> list[dict[str, Any]]:
         active = active_version(session, state.federation)

@@ -8,6 +8,7 @@ import math
 
 from sqlmodel import Session, select
 
+from coordinator.service.app import DirectRoute
 from policies.audit import AuditEntry, create_audit_engine
 from policies.query_log import QueryRecord
 
@@ -88,3 +89,23 @@ def test_a_decision_follows_the_policy_cut_offs(start_service) -> None:  # type:
             headers=service.headers("national_bank"),
         ).json()
         assert nothing["suggested_limit"] == 0  # an amount of 0 is not "no amount": never the cap
+
+
+def test_scoring_routes_are_served_directly_and_keep_their_metrics_and_errors(start_service) -> None:  # type: ignore[no-untyped-def]
+    """The scoring routes skip FastAPI's route handling: requests are still counted under their
+    route, other methods are refused as problems, and the OpenAPI document still describes them."""
+    service = start_service()
+    headers = service.headers("national_bank")
+    assert service.client.post("/v1/scores", json=body(), headers=headers).status_code == 200
+    assert service.client.post("/v1/decisions", json=body(), headers=headers).status_code == 200
+    wrong = service.client.get("/v1/scores", headers=headers)
+    assert wrong.status_code == 405 and wrong.headers["content-type"] == "application/problem+json"
+    assert wrong.headers["allow"] == "POST"
+    metrics = service.client.get("/metrics").text
+    assert 'fedcredit_requests_total{method="POST",route="/v1/scores",status="200"} 1' in metrics
+    assert 'fedcredit_requests_total{method="POST",route="/v1/decisions",status="200"} 1' in metrics
+    paths = service.client.get("/openapi.json").json()["paths"]
+    routes = service.client.app.router.routes
+    for path in ("/v1/scores", "/v1/scores/batch", "/v1/decisions"):
+        assert set(paths[path]) == {"post"} and paths[path]["post"]["security"]
+        assert isinstance(next(r for r in routes if getattr(r, "path", None) == path), DirectRoute)
