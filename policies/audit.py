@@ -182,8 +182,8 @@ def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> l
         }
         # hashed_body(stored, seq), without parsing back what has no need of it (no rules: [])
         body = {**stored, "seq": seq, "rules": json.loads(stored["rules"]) if rules else []}
-        if detail:
-            body["detail"] = json.loads(stored["detail"])  # as a verifier will read it
+        if detail:  # as a verifier will read it back
+            body["detail"] = detail if _reads_back_as_is(detail) else json.loads(stored["detail"])
         else:
             del body["detail"]
         stored["hash"] = prev = sha256_hex(canonical_json(body))
@@ -192,6 +192,13 @@ def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> l
 
 
 _DETAIL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _reads_back_as_is(detail: dict[str, Any]) -> bool:
+    """Whether ``detail`` hashes as its JSON read back does: text keys, plain values (a number key or
+    a nested value could sort or read back otherwise, so those are parsed back instead)."""
+    return all(type(k) is str and isinstance(v, _PLAIN) for k, v in detail.items())
 
 
 def _rules(raw: str) -> Any:

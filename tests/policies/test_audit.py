@@ -319,3 +319,21 @@ def test_a_row_that_is_not_json_is_a_modified_entry_not_a_crash(engine: Engine) 
     _sql(engine, "UPDATE audit_entry SET rules = 'not json' WHERE seq = 2")
     report = _verify(engine)
     assert not report.ok and report.first_bad_seq == 2 and "was modified" in report.problem
+
+
+def test_every_kind_of_detail_verifies_as_stored(engine: Engine) -> None:
+    """An entry's hash covers its detail as a verifier reads it back: plain details are hashed as
+    given, others (number keys, nested values, tuples) as their JSON reads back."""
+    details = [
+        {"purpose": "credit_underwriting", "applicants": 3, "share": 0.1, "ok": True, "none": None},
+        {"é": "ü", "-0": -0.0, "big": 2**70},
+        {10: "ten", 9: "nine"},  # sorted as numbers, read back as text: "10" < "9"
+        {"nested": {"b": 1, "a": [1, (2, 3)]}, "pair": (1, 2)},
+    ]
+    with Session(engine) as session:
+        for i, detail in enumerate(details):
+            append(session, actor="service", action="query.score", resource=f"r{i}", detail=detail)  # type: ignore[arg-type]
+        sign_head(session, KEY)
+        session.commit()
+    report = _verify(engine)
+    assert report.ok and report.checked == len(details)
