@@ -154,9 +154,9 @@ class Asked:
     applicants: list[BaseModel]
 
     @classmethod
-    def of(cls, body: Any) -> "Asked":
-        many = body.applicants if hasattr(body, "applicants") else [body.applicant]
-        return cls(body.purpose, body.consent_reference, many)
+    def of(cls, body: Any, batch: bool) -> "Asked":
+        # told, not probed: a missing attribute costs a pydantic model an exception
+        return cls(body.purpose, body.consent_reference, body.applicants if batch else [body.applicant])
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -313,7 +313,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     for e in exc.errors(include_url=False, include_context=False, include_input=False)
                 ]
             ) from None
-        asked = Asked.of(body)
+        asked = Asked.of(body, action == "score.batch")
         serving = rules_of_use(who, asked.purpose, asked.consent)
         job = Job(
             action=action,
