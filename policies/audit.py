@@ -5,8 +5,11 @@ including its sequence number and the previous entry's hash. :func:`append`
 writes inside the caller's transaction, so an action and its audit entry are
 committed together or not at all; it first takes a database-wide write lock
 (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory lock on
-PostgreSQL), so concurrent appenders queue instead of forking the chain. The
-``prev`` column is unique as a second line of defence.
+PostgreSQL), so concurrent appenders queue instead of forking the chain. As a
+second line of defence ``seq`` is the primary key: an appender that read the same
+head as another numbers its first entry as the other did, and is refused. ``prev``
+and ``hash`` have no index (random keys: every entry would write two random index
+pages); verification walks the chain by ``seq``.
 
 Hashes alone prove nothing against someone who can rewrite the whole table:
 :func:`verify_chain` therefore only accepts a log whose heads are signed by keys
@@ -107,8 +110,8 @@ class AuditEntry(SQLModel, table=True):
     rules: str = "[]"  # JSON array of rule names
     policy_sha256: str = ""
     input_sha256: str = ""
-    prev: str = Field(unique=True)
-    hash: str = Field(unique=True)
+    prev: str  # not indexed: see the module's docstring
+    hash: str
     detail: str = ""  # JSON object of structured details (e.g. a query's purpose); hashed when set
 
     def body(self, seq: int | None = None) -> dict[str, Any]:

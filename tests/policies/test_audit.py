@@ -6,9 +6,11 @@ import io
 import json
 import threading
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from policies.audit import (
@@ -16,8 +18,10 @@ from policies.audit import (
     AuditEntry,
     ChainReport,
     append,
+    chained_rows,
     entries,
     export_jsonl,
+    last_entry,
     record,
     sign_current_head,
     sign_head,
@@ -165,6 +169,28 @@ def test_eight_concurrent_writers_make_one_chain(engine: Engine) -> None:
     sign_current_head(engine, KEY)
     report = _verify(engine)
     assert report.ok and report.checked == 120
+
+
+def test_a_writer_that_skips_the_lock_cannot_fork_the_chain(engine: Engine) -> None:
+    """Two appenders read the same head (one of them without the chain lock): the second one's
+    entry has the first one's number, and the database refuses it."""
+    _fill(engine, 2)
+    with Session(engine) as session:
+        head = last_entry(session)
+    first, second = (
+        AuditEntry(**chained_rows(head, [{"actor": a, "action": "test.append", "resource": "r"}])[0])
+        for a in ("writer-a", "writer-b")
+    )
+    assert first.prev == second.prev and first.seq == second.seq == 3
+    with Session(engine) as session:
+        session.add(first)
+        session.commit()
+    with Session(engine) as session, pytest.raises(IntegrityError):
+        session.add(second)
+        session.commit()
+    sign_current_head(engine, KEY)
+    report = _verify(engine)
+    assert report.ok and report.checked == 3
 
 
 def test_export_jsonl(engine: Engine) -> None:

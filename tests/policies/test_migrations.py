@@ -14,6 +14,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
@@ -21,7 +22,14 @@ from sqlmodel import Session, SQLModel, select
 from typer.testing import CliRunner
 
 import policies.db as db
-from policies.audit import AuditEntry, SignedHead, create_audit_engine, record
+from policies.audit import (
+    AuditEntry,
+    SignedHead,
+    create_audit_engine,
+    record,
+    sign_current_head,
+    verify_chain,
+)
 from policies.budget import PrivacySpend
 from policies.contributions import Contribution, NodeRun
 from policies.db import (
@@ -38,6 +46,7 @@ from policies.db_cli import db_app
 from policies.member_keys import ApiKey
 from policies.query_log import QueryRecord
 from policies.registry import ModelActivation, ModelVersion
+from policies.signing import public_key_text
 
 MODELS = (AuditEntry, SignedHead, NodeRun, Contribution, PrivacySpend)
 AUDIT_MODELS = (AuditEntry, SignedHead)
@@ -164,6 +173,29 @@ def test_upgrade_twice_is_a_no_op(plain: Engine) -> None:
             head_revision()
         ]
         assert conn.execute(text("SELECT count(*) FROM audit_entry")).scalar_one() == 1
+
+
+def test_0003_drops_the_link_indexes_and_keeps_the_chain(plain: Engine) -> None:
+    """A database at 0002 with a signed chain: after the upgrade the rows are all there, the chain
+    verifies, and ``prev`` and ``hash`` have no unique index left (the primary key stays)."""
+    with plain.begin() as conn:
+        command.upgrade(db.alembic_config(conn), "0002")
+    for i in range(3):
+        record(plain, actor="node", action="policy.check", resource=f"r{i}")
+    key = Ed25519PrivateKey.generate()
+    sign_current_head(plain, key)
+    assert {tuple(c["column_names"]) for c in inspect(plain).get_unique_constraints("audit_entry")} == {
+        ("prev",),
+        ("hash",),
+    }
+
+    assert upgrade(plain).revision == head_revision()
+
+    assert inspect(plain).get_unique_constraints("audit_entry") == []
+    assert inspect(plain).get_pk_constraint("audit_entry")["constrained_columns"] == ["seq"]
+    with Session(plain) as session:
+        report = verify_chain(session, [public_key_text(key.public_key())])
+    assert report.ok and report.checked == 3
 
 
 def test_downgrade_and_upgrade_again(plain: Engine) -> None:
