@@ -1,7 +1,7 @@
 """Scoring service throughput and latency, every query audited and committed, against a bare floor.
 
-    python benchmarks/scoring.py [--json FILE] [--db URL] [--requests 3000] [--connections 16]
-                                 [--busy-connections 64] [--rounds 3]
+    python benchmarks/scoring.py [--json FILE] [--db URL] [--requests 5000] [--connections 16]
+                                 [--busy-connections 64] [--rounds 5]
 
 Starts the scoring service (``fedcredit serve``, uvicorn, one process) on loopback over a
 fresh database (SQLite by default) with a registered SME model and a member token, and beside
@@ -354,7 +354,7 @@ def main() -> None:
         help="database URL (default: a SQLite file in a temporary folder); on PostgreSQL the "
         "benchmark works in a schema of its own and drops it at the end",
     )
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
         "--busy-connections",
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=5,
         help="the closed loops run in this many rounds, service and floor in turn, so that a change "
         "in the machine's speed during the run touches both alike",
     )
