@@ -391,7 +391,7 @@ def main() -> None:
             {"purpose": "credit_underwriting", "consent_reference": "batch", "applicants": batch_rows}
         ).encode()
 
-        port, floor_port = free_port(), free_port()
+        port = free_port()
         fedcredit = str(Path(sys.executable).with_name("fedcredit"))
         service = serve(
             [
@@ -414,6 +414,7 @@ def main() -> None:
             folder / "service.log",
         )
         try:
+            floor_port = free_port()  # chosen once the service listens: not the service's port
             floor = serve(
                 [
                     sys.executable,
@@ -458,8 +459,10 @@ def main() -> None:
                 batches(port, request_bytes("/v1/scores/batch", batch_body, token), args.batches)
             )
         finally:
-            stop(floor)
-            stop(service)
+            try:
+                stop(floor)
+            finally:
+                stop(service)
 
         with Session(create_audit_engine(url)) as session:
             queries = session.exec(

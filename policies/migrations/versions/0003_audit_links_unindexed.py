@@ -40,8 +40,8 @@ def upgrade() -> None:
         return
     if op.get_bind().dialect.name == "sqlite":
         with op.batch_alter_table("audit_entry", naming_convention=NAMES, recreate="always") as batch:
-            for column in present:
-                batch.drop_constraint(f"uq_audit_entry_{column}", type_="unique")
+            for column, name in present.items():
+                batch.drop_constraint(name or f"uq_audit_entry_{column}", type_="unique")
     else:
         for column, name in present.items():  # PostgreSQL names them itself: audit_entry_<column>_key
             op.drop_constraint(name or f"audit_entry_{column}_key", "audit_entry", type_="unique")
