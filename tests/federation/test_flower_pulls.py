@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from flwr.supercore.inflatable import inflatable_utils
@@ -11,7 +12,10 @@ from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, p
 from federation.flower_pulls import prompt_object_pulls
 
 
-def test_content_that_arrives_late_is_fetched_promptly() -> None:
+def test_content_that_arrives_late_is_fetched_promptly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flower stretches each wait by up to 20% at random: without it the retries come at a known
+    # 0.05, 0.15 and 0.35 s, and a slow machine has the rest of the bound to spare
+    monkeypatch.setattr(inflatable_utils, "random", SimpleNamespace(uniform=lambda low, high: 0.0))
     saved = {
         f: dict(f.__kwdefaults__ or {})
         for f in (pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)

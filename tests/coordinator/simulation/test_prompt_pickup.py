@@ -147,7 +147,9 @@ def test_an_expired_message_is_dropped_by_flowers_check(pickup: Callable[[float]
     state.push(node, ttl=0.05)
     time.sleep(0.1)
     with running(pickup(0.005), state) as queue:
-        time.sleep(0.05)
+        deadline = time.monotonic() + 5.0
+        while state.message_ins_store and time.monotonic() < deadline:
+            time.sleep(0.01)
         with pytest.raises(Empty):
             queue.get_nowait()
     assert state.message_ins_store == {}  # Flower's check deleted it on its TTL
@@ -162,10 +164,11 @@ def test_messages_reach_the_node_queue_within_the_interval(pickup: Callable[[flo
             time.sleep(0.013)
             started = time.perf_counter()
             message_id = state.push(nodes[i % 2])
-            assert queue.get(timeout=1.0).metadata.message_id == message_id
+            assert queue.get(timeout=5.0).metadata.message_id == message_id
             waits.append(time.perf_counter() - started)
-    # Flower's own loop sleeps 0.1 s between passes: 0.05 s on average
-    assert sum(waits) / len(waits) < 0.03
+    # Flower's own loop sleeps 0.1 s between passes: 0.05 s on average; the median, so that one
+    # pass a loaded machine stalls (the next wait stretches with it) does not decide
+    assert sorted(waits)[len(waits) // 2] < 0.03
 
 
 def test_a_state_without_the_in_memory_store_has_every_node_asked() -> None:
