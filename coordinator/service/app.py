@@ -178,6 +178,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             return
         await asyncio.to_thread(state.refresh_model)
         await asyncio.to_thread(state.writer.prune_now)
+        gc.collect()  # start-up's garbage goes now, not frozen with the rest
         gc.freeze()  # what start-up made lives as long as the service: the collector stops walking it
         await state.pipeline.start(state.serving)  # forked: it shares what start-up made
 
@@ -198,6 +199,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 await poller
             await state.pipeline.stop()
             state.engine.dispose()
+            gc.unfreeze()  # a process that goes on (a test, an embedding) can collect it all again
 
     app = FastAPI(
         title="FedCredit scoring service",

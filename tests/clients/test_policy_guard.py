@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def _stamped_messages(task_identity: None) -> None:
 
 
 @pytest.fixture
-def node(sme_frame: pd.DataFrame, tmp_path: Path, db_url: str) -> dict[str, str]:
+def node(sme_frame: pd.DataFrame, tmp_path: Path, db_url: str) -> Iterator[dict[str, str]]:
     data = tmp_path / "national_bank"
     data.mkdir()
     pd.concat([sme_frame] * 2, ignore_index=True).assign(
@@ -54,7 +55,7 @@ def node(sme_frame: pd.DataFrame, tmp_path: Path, db_url: str) -> dict[str, str]
     for f in EXAMPLES.glob("national_bank.toml*"):
         shutil.copy2(f, policy_dir / f.name)
     policy_guard._verified_policy.cache_clear()
-    return {
+    cfg = {
         P.NODE_NAME: "national_bank",
         P.NODE_DATA_PATH: str(data),
         P.NODE_SCHEMA: "sme",
@@ -62,6 +63,10 @@ def node(sme_frame: pd.DataFrame, tmp_path: Path, db_url: str) -> dict[str, str]
         P.NODE_TRUSTED_POLICY_KEYS: str(EXAMPLES / "keys" / "demo_national_bank.pub"),
         P.NODE_AUDIT_DB: db_url,
     }
+    yield cfg
+    # the node's engine is cached for the process: close its connection with the test's database
+    policy_guard.node_audit(cfg)[1].dispose()
+    policy_guard.node_engine.cache_clear()
 
 
 def _message(request: bytes | None, phase: str = P.PHASE_TRAIN, round_: int = 1) -> Message:

@@ -10,7 +10,6 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
-from sqlmodel import Session
 
 from clients.secure_aggregation_guard import (
     SECAGG_REFUSED,
@@ -20,7 +19,8 @@ from clients.secure_aggregation_guard import (
 from federation import protocol as P
 from federation.secagg.flower import FLOWER_MASK_SCHEME, MASK_SCHEME
 from federation.secagg.majority import threshold_problem
-from policies.audit import create_audit_engine, entries
+from policies.audit import entries
+from tests.audit_db import session_on
 from tests.clients.test_client_app import request_bytes
 
 
@@ -66,7 +66,7 @@ def _refused(guard: SecureAggregationGuard, msg: Message, ctxt: Context, rule: s
 
 
 def _audited(audit_db: str) -> list[tuple[str, str, list[str]]]:
-    with Session(create_audit_engine(audit_db)) as session:
+    with session_on(audit_db) as session:
         return [(e.actor, e.decision, json.loads(e.rules)) for e in entries(session)]
 
 

@@ -12,7 +12,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common import Code, FitRes, Parameters, Status
 from flwr.server.strategy import FedAvg
-from sqlmodel import Session
 
 from clients.client_app import CreditNodeClient
 from clients.node_data import load_node_data
@@ -21,10 +20,11 @@ from coordinator.run_settings import RunSettings
 from coordinator.server_app import Coordinator, RunOutcome
 from federation import protocol as P
 from federation.datasets.partition import TRAIN_FILE
-from policies.audit import create_audit_engine, entries
+from policies.audit import entries
 from policies.decisions import Refusal
 from policies.demo_keys import EXAMPLES
 from policies.signing import load_private_key, read_public_keys
+from tests.audit_db import session_on
 
 KEYS = EXAMPLES / "keys"
 NATIONAL_BANK = read_public_keys(KEYS / "demo_national_bank.pub")[0]
@@ -107,7 +107,7 @@ def test_a_reply_no_member_signed_stops_the_run_and_is_audited(
     reply = _stats_reply(coordinator, tmp_path, sme_frame, name, key, node_id)
     with pytest.raises(UnattributedReplyError, match=f"node {sender} says it is {name}"):
         _strategy(coordinator, RoundLog())._attributed(1, "fit", [(SimpleNamespace(cid=sender), reply)])  # type: ignore[list-item]
-    with Session(create_audit_engine(coordinator.settings.audit_url)) as session:
+    with session_on(coordinator.settings.audit_url) as session:
         last = list(entries(session))[-1]
     assert (last.action, last.decision, json.loads(last.rules)) == (
         "fit.unattributed",

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sqlmodel import Session
 
 from coordinator.recording import RoundLog
 from coordinator.report import MODEL_FILE, REPORT_FILE, contributing_institutions, write_report
@@ -20,7 +19,8 @@ from federation.loading import encode_frame
 from federation.model import FourDimensionModel, file_sha256, load_model
 from federation.model_card import schema_sha256
 from federation.schema import Schema, resolve_schema
-from policies.audit import create_audit_engine, entries
+from policies.audit import entries
+from tests.audit_db import session_on
 
 REQUEST = hashlib.sha256(b"the signed training request").hexdigest()
 POLICY = hashlib.sha256(b"the federation policy").hexdigest()
@@ -97,6 +97,6 @@ def test_the_report_and_the_model_file_carry_the_same_card(
         "version": "v1",
     }
     assert report["model"] == written["model"]
-    with Session(create_audit_engine(settings.audit_url)) as session:
+    with session_on(settings.audit_url) as session:
         registered = [e for e in entries(session) if e.action == "model.register"]
     assert [(e.resource, e.input_sha256) for e in registered] == [(f"run-report-test/{MODEL_FILE}", sha)]

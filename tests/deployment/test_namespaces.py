@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from coordinator.local_deployment import write_federation_policy
 from coordinator.pki import add_node, init_pki
@@ -37,8 +37,9 @@ from coordinator.score_cli import EXAMPLE_APPLICANT
 from coordinator.service.demo import applicant_from_file
 from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.scenarios import sme_federation
-from policies.audit import AuditEntry, create_audit_engine
+from policies.audit import AuditEntry
 from policies.signing import generate_keypair, read_public_keys, sign_policy
+from tests.audit_db import session_on
 
 from ..deployed_federation import reachable, wait_until
 
@@ -225,7 +226,7 @@ def test_three_institutions_on_their_own_hosts_train_over_tls_and_the_model_is_s
 
     # the denying node said no, in its own audit log, and trained nothing
     denier_db = tmp_path / "denier" / "var" / "audit" / f"node-{denier.institution}.db"
-    with Session(create_audit_engine(f"sqlite:///{denier_db}")) as session:
+    with session_on(f"sqlite:///{denier_db}") as session:
         decisions = {e.decision for e in session.exec(select(AuditEntry)) if e.action != "node.check"}
     assert decisions == {"deny"}
 

@@ -22,7 +22,6 @@ from flwr.clientapp.typing import Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, public_key_to_bytes
-from sqlmodel import Session
 
 import coordinator.server_app
 import coordinator.simulation.engine
@@ -35,7 +34,8 @@ from coordinator.simulation.nodes import SimulatedNode, with_policies
 from federation.datasets.partition import write_partition
 from federation.datasets.synthetic import generate_sme
 from federation.secagg import shamir
-from policies.audit import create_audit_engine, entries
+from policies.audit import entries
+from tests.audit_db import session_on
 
 
 class CheatingWorkflow(SecAggPlusWorkflow):
@@ -140,7 +140,7 @@ def test_fedcredit_nodes_refuse_and_audit_it(tmp_path: Path, monkeypatch: pytest
     assert all("listed both as finished and as dropped out" in r.error.reason for r in replies)
     refusing = []
     for node in nodes:
-        with Session(create_audit_engine(node.audit_db)) as session:
+        with session_on(node.audit_db) as session:
             if any("deny.secagg_inconsistent_dropouts" in e.rules for e in entries(session)):
                 refusing.append(node.institution)
     assert len(refusing) == 2  # every node but the victim was asked, and refused

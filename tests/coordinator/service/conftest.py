@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlmodel import Session
 
 from coordinator.service.app import create_app
 from coordinator.service.settings import ServiceSettings
@@ -20,12 +19,12 @@ from federation.model import FourDimensionModel, save_model
 from federation.normalization import local_moments, stats_from_moments
 from federation.schema import Schema
 from federation.training import mean_raw_contributions, train_local
-from policies.audit import create_audit_engine
 from policies.demo_keys import DEMO_COORDINATOR_KEY, EXAMPLES
 from policies.documents import load_policy
 from policies.member_keys import issue
 from policies.registry import Registration, register
 from policies.signing import sign_policy
+from tests.audit_db import session_on
 from tests.federation.model_helpers import card_for_tests
 
 POLICY = EXAMPLES / "sme_consortium.toml"
@@ -66,7 +65,7 @@ def register_model(url: str, model: FourDimensionModel, folder: Path, run_id: st
     path = folder / run_id / "model.pt"
     sha = save_model(model, path, card)
     policy = load_policy(POLICY)
-    with Session(create_audit_engine(url)) as session:
+    with session_on(url) as session:
         version = register(
             session,
             Registration(
@@ -103,7 +102,7 @@ class Service:
 
 def issue_token(url: str, policy_path: Path, member: str, role: str) -> str:
     policy = load_policy(policy_path)
-    with Session(create_audit_engine(url)) as session:
+    with session_on(url) as session:
         token, _ = issue(session, policy, member, role, actor="test")  # type: ignore[arg-type]
         session.commit()
     return token

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from policies.audit import AuditEntry, create_audit_engine
 from policies.query_log import QueryRecord
+from tests.audit_db import session_on
 
 from .conftest import body
 
@@ -42,7 +43,7 @@ def _repair_audit_log(url: str) -> None:
 
 
 def _served(url: str) -> tuple[set[int], set[int]]:
-    with Session(create_audit_engine(url)) as session:
+    with session_on(url) as session:
         entries = {e.seq for e in session.exec(select(AuditEntry)) if e.action.startswith("query.")}
         records = {r.audit_seq for r in session.exec(select(QueryRecord))}
     return entries, records

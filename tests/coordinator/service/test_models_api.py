@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
 from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.service.settings import ServiceSettings
 from coordinator.service.state import ServiceError, ServiceState
-from policies.audit import create_audit_engine
 from policies.demo_keys import DEMO_COORDINATOR_KEY, EXAMPLES
 from policies.registry import active_version
+from tests.audit_db import session_on
 
 from .conftest import FEDERATION, TRUST, body, register_model
 
@@ -91,7 +90,7 @@ def test_no_model_yet_means_not_ready_and_no_score(start_service) -> None:  # ty
     assert service.client.get("/healthz").json() == {"status": "ok"}
     ready = service.client.get("/readyz")
     assert ready.status_code == 503 and "no active model version" in ready.json()["detail"]
-    with Session(create_audit_engine(service.url)) as session:
+    with session_on(service.url) as session:
         assert active_version(session, FEDERATION) is None
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from coordinator.service.problems import PROBLEM_JSON
-from policies.audit import AuditEntry, create_audit_engine
+from policies.audit import AuditEntry
 from policies.member_keys import revoke, tokens
+from tests.audit_db import session_on
 
 from .conftest import COUPLE, body, write_policy
 
@@ -23,7 +24,7 @@ def _problem(response, status: int, slug: str) -> dict:  # type: ignore[no-untyp
 
 
 def _query_entries(url: str) -> list[AuditEntry]:
-    with Session(create_audit_engine(url)) as session:
+    with session_on(url) as session:
         return list(session.exec(select(AuditEntry).where(AuditEntry.action.startswith("query."))))  # type: ignore[attr-defined]
 
 
@@ -39,7 +40,7 @@ def test_no_token_a_bad_token_and_a_revoked_token_get_401(start_service) -> None
         service.client.post("/v1/scores", json=body(), headers=service.headers("online_bank")).status_code
         == 200
     )
-    with Session(create_audit_engine(service.url)) as session:
+    with session_on(service.url) as session:
         key = next(t for t in tokens(session) if t.member == "online_bank")
         revoke(session, key.key_id, actor="test")
         session.commit()
@@ -203,7 +204,7 @@ def test_a_revoked_token_stops_within_the_cache_time(start_service, tmp_path) ->
         service.client.post("/v1/scores", json=body(), headers=service.headers("national_bank")).status_code
         == 200
     )
-    with Session(create_audit_engine(service.url)) as session:
+    with session_on(service.url) as session:
         key = next(t for t in tokens(session) if t.member == "national_bank")
         revoke(session, key.key_id, actor="test")
         session.commit()

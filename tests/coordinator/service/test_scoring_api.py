@@ -6,11 +6,12 @@ import hashlib
 import json
 import math
 
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from coordinator.service.app import DirectRoute
-from policies.audit import AuditEntry, create_audit_engine
+from policies.audit import AuditEntry
 from policies.query_log import QueryRecord
+from tests.audit_db import session_on
 
 from .conftest import COUPLE, FEDERATION, body
 
@@ -29,7 +30,7 @@ def test_a_member_scores_the_couple_and_the_query_is_on_record(start_service) ->
     assert 1 <= len(score["reasons"]) <= 4
     weights = [abs(r["effect"]) for r in score["reasons"]]
     assert weights == sorted(weights, reverse=True)
-    with Session(create_audit_engine(service.url)) as session:
+    with session_on(service.url) as session:
         entry = session.exec(select(AuditEntry).where(AuditEntry.seq == answer["audit_entry"])).one()
         record = session.exec(select(QueryRecord).where(QueryRecord.audit_seq == entry.seq)).one()
     assert entry.actor == "member:national_bank" and entry.action == "query.score"
