@@ -51,7 +51,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, func, select
 
 from benchmarks.proc_stats import cpu_seconds
-from coordinator.service.demo import free_port
+from coordinator.local_deployment import free_port
 from federation.datasets.synthetic import generate_sme
 from federation.errors import FedCreditError
 from federation.loading import encode_frame

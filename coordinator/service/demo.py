@@ -26,19 +26,18 @@ from policies.registry import active_version, promote, versions
 BAR_WIDTH = 24
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class BackgroundServer:
-    """uvicorn serving ``app`` on loopback in a thread, for as long as the ``with`` lasts."""
+    """uvicorn serving ``app`` on loopback in a thread, for as long as the ``with`` lasts.
 
-    def __init__(self, app: Any, port: int) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    It listens on a port of its own (``port``), bound here before the server starts: a port
+    chosen first and bound later could be taken in between by any other process."""
+
+    def __init__(self, app: Any) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="none"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> BackgroundServer:
         self.thread.start()
@@ -52,6 +51,7 @@ class BackgroundServer:
     def __exit__(self, *_: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.socket.close()
 
 
 def promote_latest(url: str, federation: str, actor: str) -> str:
@@ -137,15 +137,16 @@ def serve_and_decide(
 ) -> dict[str, Any]:
     """Start the service, score and decide on ``applicant`` as ``member`` over HTTP; returns the decision."""
     app = create_app(settings)
-    port = free_port()
     body = {"purpose": purpose, "consent_reference": consent_reference, "applicant": applicant}
     with (
         demo_token(settings.audit_url, settings.federation_policy, member) as token,
-        BackgroundServer(app, port),
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+        BackgroundServer(app) as server,
+        httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http,
     ):
         headers = {"Authorization": f"Bearer {token}"}
-        console.print(f"scoring service on http://127.0.0.1:{port}; {member} calls it with a member token")
+        console.print(
+            f"scoring service on http://127.0.0.1:{server.port}; {member} calls it with a member token"
+        )
         for attempt in range(100):  # the model loads as the service starts
             if http.get("/readyz").status_code == 200:
                 break

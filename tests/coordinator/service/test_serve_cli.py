@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.service.demo import free_port
+from coordinator.local_deployment import free_port
 
 from .conftest import TRUST, body, register_model, write_policy
 
