@@ -20,6 +20,7 @@ from coordinator.service.applicants import request_models
 from coordinator.service.pipeline import Job
 from coordinator.service.settings import ServiceSettings
 from coordinator.service.state import ServiceState
+from federation.model import FourDimensionModel
 from policies.audit import AuditEntry
 from policies.demo_keys import DEMO_COORDINATOR_KEY
 from tests.audit_db import session_on
@@ -33,6 +34,18 @@ def _gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def _registered(db_url: str, tmp_path: Path, trained: FourDimensionModel) -> ServiceSettings:
+    """Settings of a service on ``db_url`` with ``trained`` registered as its model."""
+    register_model(db_url, trained, tmp_path / "runs")
+    return ServiceSettings(
+        federation_policy=write_policy(tmp_path),
+        trust=TRUST,
+        coordinator_key=DEMO_COORDINATOR_KEY,
+        allow_demo_keys=True,
+        database_url=db_url,
+    )
 
 
 def _entries(url: str) -> int:
@@ -79,16 +92,7 @@ def test_a_pipeline_process_that_dies_means_no_score_and_not_ready(start_service
 
 
 def test_stopping_answers_what_the_process_already_holds(db_url: str, tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
-    register_model(db_url, trained, tmp_path / "runs")
-    state = ServiceState(
-        ServiceSettings(
-            federation_policy=write_policy(tmp_path),
-            trust=TRUST,
-            coordinator_key=DEMO_COORDINATOR_KEY,
-            allow_demo_keys=True,
-            database_url=db_url,
-        )
-    )
+    state = ServiceState(_registered(db_url, tmp_path, trained))
     state.refresh_model()
     assert state.serving is not None and state.serving.version.id is not None
     single, _ = request_models(state.schema, 10)
@@ -135,16 +139,7 @@ def test_start_up_garbage_is_collected_and_nothing_stays_frozen_after_the_servic
     """The service freezes what start-up made (the pipeline process is forked from it): garbage is
     collected first, and a stopped service hands everything back to the collector. Frozen garbage
     would keep, for instance, a dropped engine's database connection open for good."""
-    register_model(db_url, trained, tmp_path / "runs")
-    app = create_app(
-        ServiceSettings(
-            federation_policy=write_policy(tmp_path),
-            trust=TRUST,
-            coordinator_key=DEMO_COORDINATOR_KEY,
-            allow_demo_keys=True,
-            database_url=db_url,
-        )
-    )
+    app = create_app(_registered(db_url, tmp_path, trained))
     dropped = weakref.ref(_Cycle())  # unreachable, but only the cycle collector can free it
     assert dropped() is not None
     with TestClient(app) as client:
