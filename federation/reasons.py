@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from federation.inference import NumpyTowers, compile_towers
+from federation.inference import NumpyTowers, StackedTowers, compile_towers
 from federation.loading import EncodedData, FeatureLayout
 from federation.memo import by_identity
 from federation.model import DimensionTower, FourDimensionModel
@@ -49,7 +49,8 @@ RAISES_RISK: Final = "raises_risk"
 LOWERS_RISK: Final = "lowers_risk"
 
 MIN_EFFECT = 1e-6  # a smaller |effect| (logit scale) is no reason
-EFFECT_BATCH = 2048  # applicants per pass; a tower sees (its features + 1) times as many rows
+EFFECT_BATCH = 256  # applicants per pass: every tower sees (its features + 1) copies of them, and
+# arrays of that size stay in the cache (2048 took twice as long a row)
 MAX_SWEEPS = 10  # passes over a tower's categorical features when choosing their baselines
 
 
@@ -134,33 +135,44 @@ def feature_effects(
 
 
 @dataclass(frozen=True)
-class _TowerPlan:
-    """How one tower's perturbed copies are made: copy 0 is the applicants as they are, copy ``k``
-    has one of the tower's inputs at its baseline."""
+class _Copies:
+    """How the perturbed copies of the rows are made, all towers at once: copy 0 of a tower is
+    the applicants as they are, copy ``k`` has one of the tower's inputs at its baseline (copies
+    past a tower's own are unused)."""
 
-    dimension: str
-    columns: list[int]  # the effects' columns, copies 1.. in order
-    copies: int
-    at_baseline_numeric: np.ndarray  # (copies, 1, numeric inputs), bool
-    at_baseline_categorical: np.ndarray  # (copies, 1, categorical inputs), bool
+    keep: np.ndarray  # (towers, copies, 1, width): 0 where a copy puts an input slot at its baseline
+    base: np.ndarray  # (towers, copies, 1, width): the baseline's value there
+    tower: np.ndarray  # (features,): each feature's tower, layout order
+    copy: np.ndarray  # (features,): and its copy
 
 
 @by_identity
-@functools.lru_cache(maxsize=32)
-def _plans(layout: FeatureLayout) -> tuple[_TowerPlan, ...]:
-    """The layout's tower plans: built once, so scoring a few applicants costs no set-up."""
-    n_num, n_cat = len(layout.numeric), len(layout.categorical)
-    plans = []
-    for dim, (num_idx, cat_idx) in _tower_features(layout).items():
-        copies = 1 + len(num_idx) + len(cat_idx)
-        numeric = np.zeros((copies, 1, n_num), dtype=bool)
-        categorical = np.zeros((copies, 1, n_cat), dtype=bool)
-        for slot, j in enumerate(num_idx, start=1):
-            numeric[slot, 0, j] = True
-        for slot, j in enumerate(cat_idx, start=1 + len(num_idx)):
-            categorical[slot, 0, j] = True
-        plans.append(_TowerPlan(dim, num_idx + [n_num + j for j in cat_idx], copies, numeric, categorical))
-    return tuple(plans)
+def _copies(stacked: StackedTowers, layout: FeatureLayout, codes: tuple[int, ...]) -> _Copies:
+    """The copies for a model's towers and categorical baselines: built once per model."""
+    if stacked.dimensions != tuple(d.value for d in layout.dimensions):
+        raise ValueError(f"compiled towers {stacked.dimensions} are not the layout's dimensions")
+    n_num = len(layout.numeric)
+    features = _tower_features(layout)
+    copies = 1 + max(len(num) + len(cat) for num, cat in features.values())
+    towers = len(stacked.dimensions)
+    keep = np.ones((towers, copies, 1, stacked.width), dtype=np.float32)
+    base = np.zeros((towers, copies, 1, stacked.width), dtype=np.float32)
+    tower = np.zeros(layout.width, dtype=np.int64)
+    copy = np.zeros(layout.width, dtype=np.int64)
+    embedding = stacked.table.shape[1]
+    for d, dim in enumerate(stacked.dimensions):
+        num_idx, cat_idx = features[dim]
+        slots = stacked.slots[d]
+        for k, j in enumerate(num_idx, start=1):  # the value and its missing indicator at 0
+            keep[d, k, 0, : len(slots)] = ~np.isin(slots, [j, n_num + j])
+            tower[j], copy[j] = d, k
+        for k, j in enumerate(cat_idx, start=1 + len(num_idx)):  # the baseline category's embedding
+            first = 2 * n_num + j * embedding
+            at = np.flatnonzero((slots >= first) & (slots < first + embedding))
+            keep[d, k, 0, at] = 0.0
+            base[d, k, 0, at] = stacked.table[stacked.offsets[j] + codes[j]]
+            tower[n_num + j], copy[n_num + j] = d, k
+    return _Copies(keep, base, tower, copy)
 
 
 def towers_and_effects(
@@ -180,23 +192,18 @@ def towers_and_effects(
     _check_layout(model, data)
     layout = model.layout
     net = compiled if compiled is not None else compile_towers(model)
-    codes = np.asarray(categorical_baselines(model) if baselines is None else baselines, dtype=np.int64)
+    stacked = net.stacked
+    plan = _copies(stacked, layout, categorical_baselines(model) if baselines is None else baselines)
+    n_towers, n_copies = plan.keep.shape[:2]
     effects = np.zeros((len(data), layout.width), dtype=np.float64)
-    towers = np.zeros((len(data), len(model.dimensions)), dtype=np.float64)
-    zero = np.float32(0.0)
+    towers = np.zeros((len(data), n_towers), dtype=np.float64)
     for start in range(0, len(data), batch):
         stop = min(start + batch, len(data))
-        rows = stop - start
         z, missing = net.normalized(data.numeric[start:stop])
-        cat = data.categorical[start:stop]
-        for d, plan in enumerate(_plans(layout)):
-            flat = (plan.copies * rows, -1)
-            zz = np.where(plan.at_baseline_numeric, zero, z).reshape(flat)
-            mm = np.where(plan.at_baseline_numeric, zero, missing).reshape(flat)
-            cc = np.where(plan.at_baseline_categorical, codes, cat).reshape(flat)
-            out = net.towers[plan.dimension](zz, mm, cc).reshape(plan.copies, rows)
-            towers[start:stop, d] = out[0]
-            effects[start:stop, plan.columns] = (out[0].astype(np.float64) - out[1:]).T
+        x = stacked.inputs(z, missing, data.categorical[start:stop])[:, None] * plan.keep + plan.base
+        out = stacked(x.reshape(n_towers, -1, stacked.width)).reshape(n_towers, n_copies, stop - start)
+        towers[start:stop] = out[:, 0].T
+        effects[start:stop] = (out[plan.tower, 0].astype(np.float64) - out[plan.tower, plan.copy]).T
     return towers, effects
 
 
@@ -242,23 +249,19 @@ def _decoder(column: Column) -> Callable[[float], float | int | str | None]:
     return lambda v: None if v != v else v  # already rounded to float32's digits
 
 
-def _leaders_first(strength: np.ndarray, groups: tuple[np.ndarray, ...], limit: int) -> np.ndarray:
-    """Per row, the strongest feature of each dimension (``groups``: each dimension's columns) first,
-    then the strongest of the rest, up to ``limit``; the chosen features come out ordered by
-    strength (ties in feature order)."""
-    leader = np.zeros(strength.shape, dtype=bool)
-    rows = np.arange(len(strength))
-    for cols in groups:
-        leader[rows, cols[np.argmax(strength[:, cols], axis=1)]] = True
+def _leaders_first(strength: np.ndarray, groups: np.ndarray, limit: int) -> np.ndarray:
+    """Per row, the strongest feature of each dimension (``groups``: (dimensions, features), True
+    where a feature is the dimension's) first, then the strongest of the rest, up to ``limit``; the
+    chosen features come out ordered by strength (ties in feature order)."""
+    rows = np.arange(len(strength))[:, None]
+    if not strength.size:
+        return np.zeros((len(strength), 0), dtype=np.int64)
+    leader = np.zeros(strength.shape, dtype=bool)  # strengths are >= 0: -1 is never a group's max
+    leader[rows, np.argmax(np.where(groups, strength[:, None, :], -1.0), axis=2)] = True
     # leaders outrank every other feature; among themselves and among the rest, strength decides
     priority = np.where(leader & (strength >= MIN_EFFECT), 1.0, 0.0)
-    chosen = (
-        np.lexsort((-strength, -priority), axis=1)[:, :limit]
-        if strength.size
-        else np.zeros((len(strength), 0), dtype=np.int64)
-    )
-    ranked = np.take_along_axis(strength, chosen, axis=1)
-    return np.take_along_axis(chosen, np.lexsort((chosen, -ranked), axis=1), axis=1)
+    chosen = np.lexsort((-strength, -priority), axis=1)[:, :limit]
+    return chosen[rows, np.lexsort((chosen, -strength[rows, chosen]), axis=1)]
 
 
 def _significant(values: np.ndarray, digits: int = 7) -> np.ndarray:
@@ -277,7 +280,7 @@ class _Texts:
     columns: list[Column]
     names: np.ndarray  # object: the feature names, layout order
     dimensions: np.ndarray  # object: each feature's dimension
-    dimension_groups: tuple[np.ndarray, ...]  # each dimension's feature columns
+    dimension_groups: np.ndarray  # (dimensions, features): True where a feature is the dimension's
     texts: np.ndarray  # object: every feature's texts, one after the other
     first_text: np.ndarray  # where each feature's texts start
 
@@ -304,9 +307,7 @@ def _texts(schema: Schema, layout: FeatureLayout) -> _Texts:
         columns=columns,
         names=np.array(names, dtype=object),
         dimensions=np.array(dimensions, dtype=object),
-        dimension_groups=tuple(
-            np.flatnonzero(np.asarray(dimensions) == d) for d in np.unique(np.asarray(dimensions))
-        ),
+        dimension_groups=np.unique(np.asarray(dimensions))[:, None] == np.asarray(dimensions)[None, :],
         texts=np.array([t for ts in texts for t in ts], dtype=object),
         first_text=np.cumsum([0, *(len(t) for t in texts[:-1])]),
     )
@@ -343,13 +344,14 @@ def reason_records(
         order = np.argsort(-strength, axis=1, kind="stable")[:, :limit]  # stable: ties in feature order
     else:
         order = _leaders_first(strength, known.dimension_groups, limit)
-    kept = (np.take_along_axis(strength, order, axis=1) >= MIN_EFFECT).sum(axis=1)
+    rows = np.arange(len(data))
+    kept = (strength[rows[:, None], order] >= MIN_EFFECT).sum(axis=1)
 
     # the kept (row, feature) pairs, flat, row by row: numpy picks every part, Python only packs dicts
     chosen = np.arange(order.shape[1])[None, :] < kept[:, None]
     feature = order[chosen]
-    row_of = np.repeat(np.arange(len(data)), kept)
-    effect = np.take_along_axis(effects, order, axis=1)[chosen]
+    row_of = np.repeat(rows, kept)
+    effect = effects[row_of, feature]
     n_num = len(layout.numeric)
     # each input's state, its text's index: numeric 0 low / 1 high / 2 missing; categorical: its code
     mean = model.mean.detach().cpu().numpy()

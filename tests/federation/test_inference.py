@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from federation.hyperparameters import TrainConfig
@@ -39,3 +40,34 @@ def test_numpy_towers_give_the_torch_towers_outputs(sme_frame: pd.DataFrame, sme
     # and one applicant at a time gives what the whole batch gives
     one, _ = towers_and_effects(model, data.subset(np.array([3])), compiled=compiled)
     np.testing.assert_allclose(one[0], towers[3], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("drop", ["categorical", "scenario"])
+def test_stacked_towers_fit_any_layout(sme_frame: pd.DataFrame, sme_schema: Schema, drop: str) -> None:
+    """Towers of unequal widths, with no categorical input at all or one dimension fewer, run
+    stacked and padded to the torch model's outputs, and each effect is that of moving the one
+    feature to its baseline."""
+    features = sme_schema.features()
+    if drop == "categorical":
+        exclude = [c.name for c in features if not c.is_numeric_input]
+    else:
+        exclude = [c.name for c in features if c.dimension.value == drop]
+    data = encode_frame(sme_frame.head(200), sme_schema, "test", exclude=exclude)
+    assert (
+        data.layout.categorical == ()
+        if drop == "categorical"
+        else drop not in {d.value for d in data.layout.dimensions}
+    )
+    model = FourDimensionModel(data.layout)
+    model.set_normalization(stats_from_moments(local_moments(data.numeric)))
+    model.eval()
+    with torch.no_grad():
+        expected = model.raw_contributions(*tensors(data)).numpy()
+        towers, effects = towers_and_effects(model, data)
+        np.testing.assert_allclose(towers, expected, rtol=0, atol=1e-5)
+        j = 0  # the first numeric feature at its baseline: z and missing indicator 0, i.e. the mean
+        moved = data.subset(np.arange(len(data)))
+        moved.numeric[:, j] = model.mean[j].item()
+        logit = model.raw_contributions(*tensors(data)).numpy().sum(axis=1)
+        at_baseline = model.raw_contributions(*tensors(moved)).numpy().sum(axis=1)
+    np.testing.assert_allclose(effects[:, j], logit - at_baseline, rtol=0, atol=1e-5)

@@ -8,7 +8,6 @@ import math
 
 from sqlmodel import select
 
-from coordinator.service.app import DirectRoute
 from policies.audit import AuditEntry
 from policies.query_log import QueryRecord
 from tests.audit_db import session_on
@@ -106,7 +105,17 @@ def test_scoring_routes_are_served_directly_and_keep_their_metrics_and_errors(st
     assert 'fedcredit_requests_total{method="POST",route="/v1/scores",status="200"} 1' in metrics
     assert 'fedcredit_requests_total{method="POST",route="/v1/decisions",status="200"} 1' in metrics
     paths = service.client.get("/openapi.json").json()["paths"]
-    routes = service.client.app.router.routes
     for path in ("/v1/scores", "/v1/scores/batch", "/v1/decisions"):
         assert set(paths[path]) == {"post"} and paths[path]["post"]["security"]
-        assert isinstance(next(r for r in routes if getattr(r, "path", None) == path), DirectRoute)
+    # FastAPI's routes for them are there for the document only: without them, scores still come
+    routes = service.client.app.router.routes
+    kept = list(routes)
+    routes[:] = [r for r in routes if getattr(r, "path", None) not in paths or r.path == "/v1/models"]
+    try:
+        assert service.client.post("/v1/scores", json=body(), headers=headers).status_code == 200
+        refused = service.client.post(
+            "/v1/scores", json=body(), headers=service.headers("consortium_auditor")
+        )
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+    finally:
+        routes[:] = kept
