@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -84,12 +85,29 @@ def serve_command(
         server.should_exit = True
 
     app.state.service.pipeline.on_lost = pipeline_lost
+    listening = _listen(host, port)
     console.print(f"scoring service on http://{host}:{port} (OpenAPI at /openapi.json, docs at /docs)")
-    server.run()
+    server.run(sockets=[listening])
     if lost:
         raise fail(
             f"scoring service on port {port}: its scoring pipeline process stopped; restart the service"
         )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The service's socket, bound before the service starts: a port in use is one line, exit 2
+    (uvicorn, binding it, would report it after start-up and exit 1)."""
+    from coordinator.service.pipeline import keep_from_pipeline
+
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise fail(f"scoring service on {host}:{port}: cannot listen there ({exc.strerror or exc})") from None
+    keep_from_pipeline(listening)
+    return listening
 
 
 def keys_issue(

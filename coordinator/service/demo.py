@@ -17,6 +17,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from coordinator.service.app import create_app
+from coordinator.service.pipeline import keep_from_pipeline
 from coordinator.service.settings import ServiceSettings
 from policies.audit import create_audit_engine
 from policies.documents import load_policy
@@ -35,6 +36,7 @@ class BackgroundServer:
     def __init__(self, app: Any) -> None:
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
+        keep_from_pipeline(self.socket)
         self.port = int(self.socket.getsockname()[1])
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="none"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections import defaultdict
 
@@ -12,14 +14,12 @@ LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 class Histogram:
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
-        self.counts = [0] * len(buckets)
+        self.counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative (the last: over them all)
         self.total = 0
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1  # the first bound >= value
         self.total += 1
         self.sum += value
 
@@ -27,7 +27,7 @@ class Histogram:
         sep = "," if labels else ""
         out = [
             f'{name}_bucket{{{labels}{sep}le="{b}"}} {c}'
-            for b, c in zip(self.buckets, self.counts, strict=True)
+            for b, c in zip(self.buckets, itertools.accumulate(self.counts[:-1]), strict=True)
         ]
         out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.total}')
         suffix = f"{{{labels}}}" if labels else ""

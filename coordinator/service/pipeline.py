@@ -37,7 +37,15 @@ from coordinator.service.scorer import ServingModel
 
 log = logging.getLogger("fedcredit.service")
 STOP_TIMEOUT_S = 30.0
-_SERVICE_ENDS: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # the service's ends of the pipes
+# sockets a pipeline process closes as it starts: the service's ends of the pipes (held there, they
+# would keep a pipeline from seeing its service go) and the service's listening socket
+_SERVICE_ENDS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def keep_from_pipeline(listening: socket.socket) -> None:
+    """``listening`` (a service's socket, bound before its pipeline forks) stays out of the pipeline
+    process: a service that ends stops listening, whatever its pipeline still finishes."""
+    _SERVICE_ENDS.add(listening)
 
 
 class PipelineStopped(Exception):
@@ -103,8 +111,8 @@ class Pipeline:
         if pid == 0:  # the pipeline process: never returns into the server's code
             code = 1
             try:
-                for end in list(_SERVICE_ENDS):  # ours, and any other pipeline's in this process:
-                    end.close()  # held here, they would keep that pipeline from seeing its service go
+                for end in list(_SERVICE_ENDS):
+                    end.close()
                 self.worker.serve(theirs)
                 code = 0
             except BaseException as exc:  # reported, then the process ends
@@ -221,25 +229,25 @@ class Pipeline:
 def _resolve(future: asyncio.Future[bytes], outcome: bytes | Exception) -> None:
     """Settle ``future`` with its answer or its error, from any thread (once; a request whose
     client went away is already cancelled)."""
-
-    def settle() -> None:
-        if future.done():
-            return
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
     loop = future.get_loop()
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     if loop is running:
-        settle()
+        _settle(future, outcome)
     else:
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[bytes], outcome: bytes | Exception) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _failure(kind: str, detail: str) -> Exception:

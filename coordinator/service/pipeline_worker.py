@@ -80,8 +80,15 @@ class Worker:
     the model already loaded); it loads any other version by its registry id, checking its hash."""
 
     def __init__(
-        self, rules: ScoringRules, writer: AuditWriter, served: Served, schema: Schema, engine: Engine
+        self,
+        rules: ScoringRules,
+        writer: AuditWriter,
+        served: Served,
+        schema: Schema,
+        engine: Engine,
+        max_commit: int,
     ) -> None:
+        self.max_commit = max_commit  # queries committed in one transaction at most
         self.rules = rules
         self.writer = writer
         self.served = served
@@ -111,8 +118,9 @@ class Worker:
                 if messages is None:
                     return
                 queries = [_Query(*item) for message in messages for item in pickle.loads(message)]
-                replies, committed = self.commit(self.score(queries))
-                send(connection, pickle.dumps((replies, committed), protocol=pickle.HIGHEST_PROTOCOL))
+                for start in range(0, len(queries), self.max_commit):
+                    replies, committed = self.commit(self.score(queries[start : start + self.max_commit]))
+                    send(connection, pickle.dumps((replies, committed), protocol=pickle.HIGHEST_PROTOCOL))
         finally:
             self.writer.close()
 

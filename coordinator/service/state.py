@@ -132,7 +132,8 @@ class ServiceState:
         self.writer = AuditWriter(self.engine, self.key, self.rules.retention_days)
         served = Served(self.federation, self.policy.sha256)
         self.pipeline = Pipeline(
-            Worker(self.rules, self.writer, served, self.schema, self.engine), self.metrics.committed
+            Worker(self.rules, self.writer, served, self.schema, self.engine, settings.audit_batch),
+            self.metrics.committed,
         )
         self.serving: ServingModel | None = None
         self.model_problem = "no model loaded yet"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
 import time
@@ -21,7 +22,7 @@ from coordinator.service.pipeline import Job
 from coordinator.service.settings import ServiceSettings
 from coordinator.service.state import ServiceState
 from federation.model import FourDimensionModel
-from policies.audit import AuditEntry
+from policies.audit import AuditEntry, SignedHead
 from policies.demo_keys import DEMO_COORDINATOR_KEY
 from tests.audit_db import session_on
 
@@ -126,6 +127,37 @@ def test_stopping_answers_what_the_process_already_holds(db_url: str, tmp_path: 
     state.engine.dispose()
     assert all(isinstance(a, bytes) and b'"audit_entry"' in a for a in answers), answers
     assert _entries(db_url) == before + 20
+
+
+def test_no_transaction_commits_more_than_the_audit_batch(
+    db_url: str, tmp_path: Path, trained: FourDimensionModel
+) -> None:
+    """``FEDCREDIT_AUDIT_BATCH`` caps a commit: 7 queries sent together with a cap of 3 are
+    committed in 3 transactions, each with its own signed head."""
+    state = ServiceState(_registered(db_url, tmp_path, trained).model_copy(update={"audit_batch": 3}))
+    state.refresh_model()
+    assert state.serving is not None and state.serving.version.id is not None
+    single, _ = request_models(state.schema, 10)
+    applicant = single.model_validate(body()).applicant  # type: ignore[attr-defined]
+    version = state.serving.version.id
+    before = _entries(db_url)
+
+    async def score_together() -> list[bytes]:
+        await state.pipeline.start(state.serving)
+        try:
+            job = Job("score", version, [applicant], "national_bank", "credit_underwriting", "c", "0" * 64)
+            together = asyncio.gather(*(state.pipeline.run(job) for _ in range(7)))  # one message
+            return await asyncio.wait_for(together, 60)  # a query never answered fails, not hangs
+        finally:
+            await state.pipeline.stop()
+
+    answers = asyncio.run(score_together())
+    state.engine.dispose()
+    seqs = sorted(json.loads(a)["audit_entry"] for a in answers)
+    assert seqs == list(range(before + 1, before + 8))
+    with session_on(db_url) as session:
+        heads = session.exec(select(SignedHead.seq).where(SignedHead.seq > before)).all()
+    assert sorted(heads) == [before + 3, before + 6, before + 7]
 
 
 class _Cycle:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,10 +26,33 @@ def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([FEDCREDIT, *args], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
 
 
-def _serve_until_ready(common: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``fedcredit serve`` started in a session of its own, once ``/readyz`` answers 200."""
+def _serve_until_ready(common: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """``fedcredit serve`` started in a session of its own, once ``/readyz`` answers 200, and its port
+    (a free one; chosen again if another process took it before the service could bind it)."""
+    for _ in range(5):
+        port = free_port()
+        server = _start(common, port, env)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get("/readyz").status_code == 200:
+                        return server, port
+                if server.poll() is not None:
+                    stderr = server.stderr.read().decode() if server.stderr else ""
+                    if "cannot listen there" in stderr:
+                        break  # taken meanwhile: another port
+                    raise AssertionError(stderr or "the service stopped")
+                time.sleep(0.1)
+            else:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+                raise AssertionError("the service never became ready")
+    raise AssertionError("no free port could be bound")
+
+
+def _start(common: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     key = ROOT / "policies" / "examples" / "keys" / "demo_coordinator.key"
-    server = subprocess.Popen(
+    return subprocess.Popen(
         [FEDCREDIT, "serve", *common, "--coordinator-key", str(key), "--port", str(port)],
         env=env,
         cwd=ROOT,
@@ -36,17 +60,25 @@ def _serve_until_ready(common: list[str], port: int, env: dict[str, str]) -> sub
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        for _ in range(300):
-            with contextlib.suppress(httpx.TransportError):
-                if http.get("/readyz").status_code == 200:
-                    return server
-            if server.poll() is not None:
-                raise AssertionError(server.stderr.read() if server.stderr else "the service stopped")
-            time.sleep(0.1)
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait(timeout=30)
-    raise AssertionError("the service never became ready")
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:``port`` (from /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _socket_inodes(pid: str) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -62,8 +94,7 @@ def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) ->
     refused = _run("keys", "issue", "--member", "coastal_credit_union", "--role", "member", *common, env=env)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "allowed_members" in refused.stderr
 
-    port = free_port()
-    server = _serve_until_ready(common, port, env)
+    server, port = _serve_until_ready(common, env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             document = http.get("/openapi.json").json()
@@ -73,6 +104,10 @@ def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) ->
             assert decided.json()["decision"] in ("approve", "refer", "decline")
             assert "fedcredit_audited_queries_total 1" in http.get("/metrics").text
         (pipeline,) = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        # the service listens; its pipeline process, forked after the socket was bound, does not hold it
+        listening = _listening_inode(port)
+        assert listening in _socket_inodes(str(server.pid))
+        assert listening not in _socket_inodes(pipeline)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the whole group, as a supervisor or Ctrl-C would
         _, stderr = server.communicate(timeout=30)
@@ -111,9 +146,8 @@ def test_serve_stops_with_one_line_when_its_pipeline_process_dies(tmp_path: Path
     env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
     policy = write_policy(tmp_path)
     register_model(url, trained, tmp_path / "runs")
-    port = free_port()
     common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", url]
-    server = _serve_until_ready(common, port, env)
+    server, port = _serve_until_ready(common, env)
     try:
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
         assert len(children) == 1  # the pipeline process
@@ -129,3 +163,22 @@ def test_serve_stops_with_one_line_when_its_pipeline_process_dies(tmp_path: Path
         f"error: scoring service on port {port}: its scoring pipeline process stopped; restart the service"
     ]
     assert "Traceback" not in stderr.decode()
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'fedcredit.db'}"
+    env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
+    policy = write_policy(tmp_path)
+    register_model(url, trained, tmp_path / "runs")
+    common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", url]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = _start(common, port, env)
+        stdout, stderr = server.communicate(timeout=60)
+    assert server.returncode == 2, stderr.decode()
+    assert stderr.decode() == (
+        f"error: scoring service on 127.0.0.1:{port}: cannot listen there (Address already in use)\n"
+    )
+    assert b"scoring service on http" not in stdout  # it never claimed to serve
