@@ -11,6 +11,7 @@ import signal
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func
@@ -47,6 +48,17 @@ def _registered(db_url: str, tmp_path: Path, trained: FourDimensionModel) -> Ser
         allow_demo_keys=True,
         database_url=db_url,
     )
+
+
+def _ready(settings: ServiceSettings) -> tuple[ServiceState, Any, int, int]:
+    """A service state for ``settings`` with its model loaded (its pipeline not started), an
+    applicant as the scoring routes pass it on, the model version's id and the entries so far."""
+    state = ServiceState(settings)
+    state.refresh_model()
+    assert state.serving is not None and state.serving.version.id is not None
+    single, _ = request_models(state.schema, 10)
+    applicant = single.model_validate(body()).applicant  # type: ignore[attr-defined]
+    return state, applicant, state.serving.version.id, _entries(settings.database_url)
 
 
 def _entries(url: str) -> int:
@@ -93,13 +105,7 @@ def test_a_pipeline_process_that_dies_means_no_score_and_not_ready(start_service
 
 
 def test_stopping_answers_what_the_process_already_holds(db_url: str, tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
-    state = ServiceState(_registered(db_url, tmp_path, trained))
-    state.refresh_model()
-    assert state.serving is not None and state.serving.version.id is not None
-    single, _ = request_models(state.schema, 10)
-    applicant = single.model_validate(body()).applicant  # type: ignore[attr-defined]
-    version = state.serving.version.id
-    before = _entries(db_url)
+    state, applicant, version, before = _ready(_registered(db_url, tmp_path, trained))
 
     async def score_then_stop() -> list[object]:
         await state.pipeline.start(state.serving)
@@ -134,13 +140,8 @@ def test_no_transaction_commits_more_than_the_audit_batch(
 ) -> None:
     """``FEDCREDIT_AUDIT_BATCH`` caps a commit: 7 queries sent together with a cap of 3 are
     committed in 3 transactions, each with its own signed head."""
-    state = ServiceState(_registered(db_url, tmp_path, trained).model_copy(update={"audit_batch": 3}))
-    state.refresh_model()
-    assert state.serving is not None and state.serving.version.id is not None
-    single, _ = request_models(state.schema, 10)
-    applicant = single.model_validate(body()).applicant  # type: ignore[attr-defined]
-    version = state.serving.version.id
-    before = _entries(db_url)
+    settings = _registered(db_url, tmp_path, trained).model_copy(update={"audit_batch": 3})
+    state, applicant, version, before = _ready(settings)
 
     async def score_together() -> list[bytes]:
         await state.pipeline.start(state.serving)

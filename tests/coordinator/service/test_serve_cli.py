@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from coordinator.local_deployment import free_port
+from federation.model import FourDimensionModel
 
 from .conftest import TRUST, body, register_model, write_policy
 
@@ -60,6 +61,15 @@ def _start(common: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def _on_sqlite(tmp_path: Path, trained: FourDimensionModel) -> tuple[list[str], dict[str, str]]:
+    """``serve``'s options for a SQLite database under ``tmp_path`` with ``trained`` registered, and
+    its environment."""
+    url = f"sqlite:///{tmp_path / 'fedcredit.db'}"
+    register_model(url, trained, tmp_path / "runs")
+    common = ["--federation-policy", str(write_policy(tmp_path)), "--trust", str(TRUST), "--allow-demo-keys"]
+    return [*common, "--db", url], {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
 
 
 def _listening_inode(port: int) -> str:
@@ -142,11 +152,7 @@ def test_serve_refuses_a_tampered_policy_in_one_line(tmp_path: Path) -> None:
 
 
 def test_serve_stops_with_one_line_when_its_pipeline_process_dies(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'fedcredit.db'}"
-    env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
-    policy = write_policy(tmp_path)
-    register_model(url, trained, tmp_path / "runs")
-    common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", url]
+    common, env = _on_sqlite(tmp_path, trained)
     server, port = _serve_until_ready(common, env)
     try:
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
@@ -166,11 +172,7 @@ def test_serve_stops_with_one_line_when_its_pipeline_process_dies(tmp_path: Path
 
 
 def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'fedcredit.db'}"
-    env = {**os.environ, "FEDCREDIT_VAR_DIR": str(tmp_path / "var")}
-    policy = write_policy(tmp_path)
-    register_model(url, trained, tmp_path / "runs")
-    common = ["--federation-policy", str(policy), "--trust", str(TRUST), "--allow-demo-keys", "--db", url]
+    common, env = _on_sqlite(tmp_path, trained)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
