@@ -50,7 +50,7 @@ LOWERS_RISK: Final = "lowers_risk"
 
 MIN_EFFECT = 1e-6  # a smaller |effect| (logit scale) is no reason
 EFFECT_BATCH = 256  # applicants per pass: every tower sees (its features + 1) copies of them, and
-# arrays of that size stay in the cache (2048 took twice as long a row)
+# arrays of that size stay in the cache (larger passes were slower a row)
 MAX_SWEEPS = 10  # passes over a tower's categorical features when choosing their baselines
 
 

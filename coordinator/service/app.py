@@ -148,8 +148,7 @@ class DirectRoute(Route):
 class DirectRoutes:
     """The scoring routes, answered by :class:`Guard` itself: they read their token and body
     themselves, and Starlette's exception middleware, router and request wrapping, with FastAPI's
-    dependency solving, cost as much of a scoring request's time in the event loop as the request's
-    own work. Errors go to the app's exception handlers, as on any route; one that has none (a
+    dependency solving, took a large share of a scoring request's time in the event loop. Errors go to the app's exception handlers, as on any route; one that has none (a
     bug) goes on to the server error middleware, as on any route. Anything else, a scoring path
     with another method included, goes to the app."""
 

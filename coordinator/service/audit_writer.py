@@ -62,8 +62,8 @@ class _Statements:
         """The chain's own lock and head queries (:mod:`policies.audit`) as the driver's SQL.
 
         On PostgreSQL a batch's rows go in one statement, each column an array that the server
-        unnests: psycopg spends about 50 microseconds of Python on every statement it pipelines,
-        so one statement per row cost more than the database's work."""
+        unnests: psycopg spends more Python on every statement it pipelines than the server spends
+        on a row, so one statement per row cost more than the database's work."""
         sqlite = dialect.name == "sqlite"
 
         def sql(statement: Any) -> str:
