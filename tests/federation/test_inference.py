@@ -53,11 +53,10 @@ def test_stacked_towers_fit_any_layout(sme_frame: pd.DataFrame, sme_schema: Sche
     else:
         exclude = [c.name for c in features if c.dimension.value == drop]
     data = encode_frame(sme_frame.head(200), sme_schema, "test", exclude=exclude)
-    assert (
-        data.layout.categorical == ()
-        if drop == "categorical"
-        else drop not in {d.value for d in data.layout.dimensions}
-    )
+    if drop == "categorical":
+        assert data.layout.categorical == ()
+    else:
+        assert drop not in {d.value for d in data.layout.dimensions}
     model = FourDimensionModel(data.layout)
     model.set_normalization(stats_from_moments(local_moments(data.numeric)))
     model.eval()
