@@ -75,6 +75,7 @@ class NumpyTowers:
     mean: np.ndarray
     std: np.ndarray
     stacked: StackedTowers
+    reference: np.ndarray  # float64: each tower's reference output (its contribution's zero)
 
     def normalized(self, numeric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The towers' numeric inputs and missing indicators, as the torch model forms them."""
@@ -109,6 +110,7 @@ def compile_towers(model: FourDimensionModel) -> NumpyTowers:
         mean=model.mean.detach().numpy().copy(),
         std=model.std.detach().numpy().copy(),
         stacked=_stack(towers, len(model.layout.numeric), len(model.layout.categorical)),
+        reference=model.reference.detach().numpy().astype(np.float64),
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 import re
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
@@ -160,12 +161,15 @@ LAST_ENTRY = (
 )
 
 
-def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chained_rows(
+    after: tuple[int, str] | None, rows: list[dict[str, Any]], ts: str | None = None
+) -> list[dict[str, Any]]:
     """``rows`` (actor, action, resource, decision, policy_sha256, input_sha256, detail) as the
     entries that follow ``after`` (the last entry's seq and hash; None: the first), numbered,
-    linked and hashed: ready for one bulk insert, no ORM object per entry."""
+    linked and hashed: ready for one bulk insert, no ORM object per entry. ``ts``: their time
+    (default: now)."""
     seq, prev = (0, GENESIS) if after is None else after
-    ts = _now()
+    ts = ts or _now()
     out = []
     for row in rows:
         seq += 1
@@ -181,21 +185,75 @@ def chained_rows(after: tuple[int, str] | None, rows: list[dict[str, Any]]) -> l
             "policy_sha256": row.get("policy_sha256", ""),
             "input_sha256": row.get("input_sha256", ""),
             "prev": prev,
-            "detail": _DETAIL.encode(detail) if detail else "",
+            "detail": "",
         }
-        # hashed_body(stored, seq), without parsing back what has no need of it (no rules: [])
-        body = {**stored, "seq": seq, "rules": json.loads(stored["rules"]) if rules else []}
-        if detail:  # as a verifier will read it back
-            body["detail"] = detail if _reads_back_as_is(detail) else json.loads(stored["detail"])
+        plain = None if rules else _plain_detail(detail)
+        if plain is not None:
+            stored["detail"] = plain if plain.isascii() else _DETAIL.encode(detail)
+            hashed = _plain_body(stored, seq, plain)
         else:
-            del body["detail"]
-        stored["hash"] = prev = sha256_hex(canonical_json(body))
+            hashed = None
+        if hashed is None:
+            stored["detail"] = _DETAIL.encode(detail) if detail else ""
+            # hashed_body(stored, seq), without parsing back what has no need of it (no rules: [])
+            body = {**stored, "seq": seq, "rules": json.loads(stored["rules"]) if rules else []}
+            if detail:  # as a verifier will read it back
+                body["detail"] = detail if _reads_back_as_is(detail) else json.loads(stored["detail"])
+            else:
+                del body["detail"]
+            hashed = canonical_json(body)
+        stored["hash"] = prev = sha256_hex(hashed)
         out.append({"seq": seq, **stored})
     return out
 
 
 _DETAIL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _PLAIN = (str, int, float, bool, type(None))
+_TEXT = json.encoder.encode_basestring  # a string as canonical JSON writes it (not ASCII-escaped)
+_CONSTANTS = {True: "true", False: "false", None: "null"}
+# the hashed body's text fields, in canonical (sorted) order
+_TEXT_FIELDS = operator.itemgetter(
+    "action", "actor", "decision", "input_sha256", "policy_sha256", "prev", "resource", "ts"
+)
+
+
+def _plain_detail(detail: dict[str, Any] | None) -> str | None:
+    """``detail`` as canonical JSON when it is empty or flat (text keys; text, whole-number, boolean
+    or null values), written directly; None for any other shape ("" when empty)."""
+    if not detail:
+        return ""
+    parts = []
+    for key in sorted(detail):
+        value = detail[key]
+        kind = type(value)
+        if type(key) is not str:
+            return None
+        if kind is str:
+            parts.append(f"{_TEXT(key)}:{_TEXT(value)}")
+        elif kind is int:
+            parts.append(f"{_TEXT(key)}:{int.__repr__(value)}")
+        elif kind is bool or value is None:
+            parts.append(f"{_TEXT(key)}:{_CONSTANTS[value]}")
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
+
+
+def _plain_body(stored: dict[str, Any], seq: int, detail: str) -> bytes | None:
+    """``canonical_json(hashed_body(stored, seq))`` for an entry with no rules and a plain detail
+    (:func:`_plain_detail`), written directly: a query's entry costs a fraction of the general
+    encoder's time. None when a field is not text (the general encoder decides then)."""
+    values = _TEXT_FIELDS(stored)
+    for value in values:
+        if type(value) is not str:
+            return None
+    action, actor, decision, input_sha256, policy_sha256, prev, resource, ts = map(_TEXT, values)
+    middle = f',"detail":{detail},' if detail else ","
+    return (
+        f'{{"action":{action},"actor":{actor},"decision":{decision}{middle}"input_sha256":{input_sha256},'
+        f'"policy_sha256":{policy_sha256},"prev":{prev},"resource":{resource},"rules":[],"seq":{seq},'
+        f'"ts":{ts}}}'
+    ).encode()
 
 
 def _reads_back_as_is(detail: dict[str, Any]) -> bool:
@@ -504,16 +562,16 @@ def sign_head(session: Session, key: Ed25519PrivateKey) -> SignedHead | None:
 
 
 def signed_head_row(
-    key: Ed25519PrivateKey, seq: int, hash: str, signed_by: str | None = None
+    key: Ed25519PrivateKey, seq: int, hash: str, signed_by: str | None = None, ts: str | None = None
 ) -> dict[str, Any]:
     """The signed-head row for the chain's head ``(seq, hash)``, for a bulk insert (``signed_by``:
-    ``key``'s public key text, when the caller has it already)."""
+    ``key``'s public key text, when the caller has it already; ``ts``: the time, default now)."""
     return {
         "seq": seq,
         "hash": hash,
         "signed_by": signed_by or public_key_text(key.public_key()),
         "signature": sign_bytes(key, canonical_json({"seq": seq, "hash": hash})),
-        "ts": _now(),
+        "ts": ts or _now(),
     }
 
 

@@ -26,8 +26,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlmodel import Session, col, select
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import Route
 
 from coordinator.service import problems
 from coordinator.service.applicants import request_models
@@ -134,39 +133,30 @@ class _TooLarge(Exception):
     pass
 
 
-class DirectRoute(Route):
-    """A plain Starlette route for an endpoint that takes only the request; it names itself in the
-    scope, as FastAPI's routes do (the metrics name requests by route)."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
-
-
 class DirectRoutes:
     """The scoring routes, answered by :class:`Guard` itself: they read their token and body
     themselves, and Starlette's exception middleware, router and request wrapping, with FastAPI's
-    dependency solving, took a large share of a scoring request's time in the event loop. Errors go to the app's exception handlers, as on any route; one that has none (a
-    bug) goes on to the server error middleware, as on any route. Anything else, a scoring path
-    with another method included, goes to the app."""
+    dependency solving, took a large share of a scoring request's time in the event loop. Errors
+    go to the app's exception handlers, as on any route; one that has none (a bug) goes on to the
+    server error middleware, as on any route. Anything else, a scoring path with another method
+    included, goes to the app."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self.routes: list[DirectRoute] = []
+        self.routes: dict[str, Route] = {}  # by path: the scoring paths have no parameters
 
     def add(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        self.routes.append(DirectRoute(path, endpoint, methods=["POST"]))
+        self.routes[path] = Route(path, endpoint, methods=["POST"])
 
     async def serve(self, scope: dict[str, Any], receive: Any, send: Any, otherwise: ASGIApp) -> None:
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                scope.update(child)
-                await self._answer(route.endpoint, scope, receive, send)
-                return
-        await otherwise(scope, receive, send)
+        # served behind a path prefix (a root path), the app's own router finds the route
+        route = None if scope.get("root_path") else self.routes.get(scope["path"])
+        if route is None or scope["method"] != "POST":
+            await otherwise(scope, receive, send)
+            return
+        # what the router would set (the metrics name a request by its route)
+        scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}
+        await self._answer(route.endpoint, scope, receive, send)
 
     async def _answer(self, endpoint: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request(scope, receive, send)

@@ -115,7 +115,7 @@ def score_batch(
     towers, effects = towers_and_effects(
         serving.model, data, baselines=serving.baselines, compiled=serving.towers
     )
-    reference = serving.model.reference.detach().cpu().numpy().astype(np.float64)
+    reference = serving.towers.reference
     contributions = towers - reference
     baseline = float(reference.sum())
     logit = contributions.sum(axis=1) + baseline
@@ -132,7 +132,9 @@ def score_batch(
         dimensions=tuple(d.value for d in serving.model.dimensions),
         contributions=contributions,
         grades=grades(pd_, rules.decision),
-        reasons=reason_records(serving.model, serving.schema, data, effects, MAX_REASONS, given=given),
+        reasons=reason_records(
+            serving.model, serving.schema, data, effects, MAX_REASONS, given=given, mean=serving.towers.mean
+        ),
         effects=effects,
     )
 

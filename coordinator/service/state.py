@@ -73,6 +73,11 @@ class TokenCache:
         return caller
 
 
+def _midnight(day: dt.date) -> float:
+    """The start of ``day`` in local time, as a POSIX time."""
+    return dt.datetime.combine(day, dt.time()).timestamp()
+
+
 def verified_policy(path: Path, trust: Path, allow_demo_keys: bool) -> tuple[FederationPolicy, str]:
     """The federation policy and its signer: signed by a trusted key, unmodified, in force; a
     policy signed with a published demo key only with ``allow_demo_keys``."""
@@ -125,6 +130,10 @@ class ServiceState:
             except (PolicyError, OSError) as exc:
                 raise ServiceError(f"audit trust: {exc}") from None
         self.federation = self.policy.header.id
+        # the dates as local midnights, read once: every scoring request asks
+        header = self.policy.header
+        self._in_force_from = _midnight(header.effective)
+        self._in_force_until = _midnight(header.expires + dt.timedelta(days=1))
         self.engine: Engine = create_audit_engine(settings.audit_url)
         self.metrics = Metrics()
         self.limiter = RateLimiter(self.rules.requests_per_minute)
@@ -140,7 +149,8 @@ class ServiceState:
         self._loaded_id: int | None = None
 
     def in_force(self) -> bool:
-        return self.policy.header.in_force(dt.date.today())
+        """Whether today (local time) is within the policy's effective..expires dates."""
+        return self._in_force_from <= time.time() < self._in_force_until
 
     def refresh_model(self) -> None:
         """Load the federation's active version when it changed; keep serving the old one on failure."""

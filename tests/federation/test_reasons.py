@@ -123,7 +123,7 @@ def test_effects_do_not_depend_on_the_batch(
 
 
 def test_an_applicant_at_the_baseline_has_no_effect_there(
-    model: FourDimensionModel, data: EncodedData
+    model: FourDimensionModel, data: EncodedData, effects: np.ndarray
 ) -> None:
     at_mean = data.numeric.copy()
     at_mean[:, 2] = model.mean[2].item()  # cashflow_volatility
@@ -131,8 +131,11 @@ def test_an_applicant_at_the_baseline_has_no_effect_there(
     at_code = data.categorical.copy()
     at_code[:, 0] = codes[0]  # industry
     same = feature_effects(model, dataclasses.replace(data, numeric=at_mean, categorical=at_code))
-    assert np.all(same[:, 2] == 0.0)
-    assert np.all(same[:, len(data.layout.numeric)] == 0.0)
+    # zero but for float32 rounding (the batched products may sum a row's copies in another order
+    # on another processor): under MIN_EFFECT, so never a reason
+    assert np.abs(same[:, 2]).max() < MIN_EFFECT
+    assert np.abs(same[:, len(data.layout.numeric)]).max() < MIN_EFFECT
+    assert np.abs(effects[:, 2]).max() > 100 * MIN_EFFECT  # away from the baseline it is a reason
 
 
 def test_categorical_baselines_are_real_categories_chosen_by_the_model_alone(

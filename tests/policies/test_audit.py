@@ -193,6 +193,42 @@ def test_a_writer_that_skips_the_lock_cannot_fork_the_chain(engine: Engine) -> N
     assert report.ok and report.checked == 3
 
 
+@pytest.mark.parametrize(
+    "detail",
+    [
+        None,
+        {},
+        {"purpose": "credit_underwriting", "applicants": 3, "consent_sha256": "", "retry": False},
+        {"z": None, "a": True, "b": -12, "quote": 'say "hi"\\ and \u00e9t\u00e9 \u2028 \x00 \x1f \x7f'},
+        {"nested": {"b": 1, "a": [2, 1]}, "n": 1},  # not flat: the general encoder
+        {"rate": 0.1, "big": 10**30},  # a float: the general encoder
+        {"\u00fcber": "na\u00efve", "emoji": "\U0001f600"},
+    ],
+)
+def test_entries_hash_as_the_verifier_recomputes_them(detail: dict[str, object] | None) -> None:
+    """A query's entry is hashed by a direct writer of its canonical JSON when its detail is flat:
+    whatever the detail holds, the hash is the one a verifier recomputes from the stored row, and
+    the stored detail is the JSON the general encoder writes."""
+    fields = {
+        "actor": 'member:caf\u00e9 "bank"',
+        "action": "query.score",
+        "resource": "federation.sme/v1",
+        "decision": "B",
+        "policy_sha256": "a" * 64,
+        "input_sha256": "b" * 64,
+        **({} if detail is None else {"detail": detail}),
+    }
+    rows = chained_rows(
+        (7, "c" * 64), [fields, {**fields, "actor": "member:other"}], "2026-01-02T03:04:05.000006Z"
+    )
+    for row in rows:
+        entry = AuditEntry(**row)
+        assert entry.compute_hash() == row["hash"]
+        assert row["detail"] == (json.dumps(detail, sort_keys=True, separators=(",", ":")) if detail else "")
+        assert row["ts"] == "2026-01-02T03:04:05.000006Z"
+    assert [r["seq"] for r in rows] == [8, 9] and rows[1]["prev"] == rows[0]["hash"]
+
+
 def test_export_jsonl(engine: Engine) -> None:
     _fill(engine, 3)
     out = io.StringIO()

@@ -214,3 +214,40 @@ def test_a_revoked_token_stops_within_the_cache_time(start_service, tmp_path) ->
         401,
         "bad-token",
     )
+
+
+def test_no_score_outside_the_policy_dates(start_service, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The service checks the federation policy's dates on every query, in local time: from the first
+    moment of ``effective`` to the last of ``expires``; outside them, 503 and nothing scored."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import coordinator.service.state as state_module
+
+    service = start_service()
+    header = service.client.app.state.service.policy.header
+
+    def at(day: dt.date, hour: int, minute: int = 0, second: float = 0.0) -> None:
+        moment = dt.datetime.combine(day, dt.time(hour, minute)).timestamp() + second
+        monkeypatch.setattr(
+            state_module, "time", SimpleNamespace(time=lambda: moment, monotonic=time.monotonic)
+        )
+
+    def score() -> int:
+        return service.client.post(
+            "/v1/scores", json=body(), headers=service.headers("national_bank")
+        ).status_code
+
+    at(header.effective, 0)
+    assert score() == 200
+    at(header.expires, 23, 59, 59.999)
+    assert score() == 200
+    at(header.expires + dt.timedelta(days=1), 0)
+    _problem(
+        service.client.post("/v1/scores", json=body(), headers=service.headers("national_bank")),
+        503,
+        "policy-not-in-force",
+    )
+    at(header.effective - dt.timedelta(days=1), 23, 59, 59.999)
+    assert score() == 503
+    assert len(_query_entries(service.url)) == 2
