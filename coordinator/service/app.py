@@ -8,12 +8,13 @@ definition time, and the request bodies are classes built from the dataset schem
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import hashlib
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlmodel import Session, col, select
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from coordinator.service import problems
@@ -73,6 +75,7 @@ bearer = HTTPBearer(auto_error=False, description="A member token from `fedcredi
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: such a filter is a 422, not a 500
 MAX_SEQ = 2**31 - 1  # entry numbers are 32-bit integers in the database
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fedcredit"'}
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 class Guard:
@@ -88,11 +91,25 @@ class Guard:
             return
         started = time.perf_counter()
         limit = self.state.settings.max_body_bytes
-        status = {"code": 500}
-        length = dict(scope.get("headers", [])).get(b"content-length")
+        length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await self._too_large(scope, receive, send, limit)
             return
+        route = self.direct.route(scope)
+        try:
+            if route is not None:
+                status = await self.direct.answer(route, scope, receive, send, limit)
+            else:
+                status = await self._app(scope, receive, send, limit)
+        except _TooLarge:
+            await self._too_large(scope, receive, send, limit)
+            return
+        path = getattr(scope.get("route"), "path", "unmatched")
+        self.state.metrics.request(scope["method"], path, status, time.perf_counter() - started)
+
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> int:
+        """The app's answer (every route but the scoring ones), the body counted as it comes; its status."""
+        status = 500
         seen = 0
 
         async def counted() -> dict[str, Any]:
@@ -104,18 +121,13 @@ class Guard:
             return message
 
         async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
-        try:
-            await self.direct.serve(scope, counted, sending, otherwise=self.app)
-        except _TooLarge:
-            await self._too_large(scope, receive, send, limit)
-            return
-        route = scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.state.metrics.request(scope["method"], path, status["code"], time.perf_counter() - started)
+        await self.app(scope, counted, sending)
+        return status
 
     async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
         self.state.metrics.refusal("payload-too-large")
@@ -129,48 +141,89 @@ class Guard:
         await response(scope, receive, send)
 
 
+def _header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case, as the server gives names)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def _body(receive: Any, limit: int) -> bytes:
+    """The request body, read to its end (:class:`_TooLarge` past ``limit`` bytes)."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class _TooLarge(Exception):
     pass
 
 
+Answerer = Callable[[bytes | None, bytes], Awaitable[bytes]]  # (authorization, body) -> JSON
+
+
 class DirectRoutes:
-    """The scoring routes, answered by :class:`Guard` itself: they read their token and body
-    themselves, and Starlette's exception middleware, router and request wrapping, with FastAPI's
-    dependency solving, took a large share of a scoring request's time in the event loop. Errors
-    go to the app's exception handlers, as on any route; one that has none (a bug) goes on to the
-    server error middleware, as on any route. Anything else, a scoring path with another method
-    included, goes to the app."""
+    """The scoring routes, answered by :class:`Guard` itself from the request's header and body
+    bytes: Starlette's request and response objects, exception middleware and router, with
+    FastAPI's dependency solving, took a large share of a scoring request's time in the event loop.
+    Errors go to the app's exception handlers, as on any route; one that has none (a bug) goes on
+    to the server error middleware, as on any route. Anything else, a scoring path with another
+    method included, goes to the app."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.routes: dict[str, Route] = {}  # by path: the scoring paths have no parameters
+        self.answerers: dict[str, Answerer] = {}
 
-    def add(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+    def add(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], answerer: Answerer) -> None:
+        """``answerer`` answers ``POST path``; ``endpoint`` is FastAPI's route for it (documented)."""
         self.routes[path] = Route(path, endpoint, methods=["POST"])
+        self.answerers[path] = answerer
 
-    async def serve(self, scope: dict[str, Any], receive: Any, send: Any, otherwise: ASGIApp) -> None:
-        # served behind a path prefix (a root path), the app's own router finds the route
-        route = None if scope.get("root_path") else self.routes.get(scope["path"])
-        if route is None or scope["method"] != "POST":
-            await otherwise(scope, receive, send)
-            return
-        # what the router would set (the metrics name a request by its route)
+    def route(self, scope: dict[str, Any]) -> Route | None:
+        """The scoring route ``scope`` asks for, if any (behind a path prefix, a root path, the
+        app's own router finds it)."""
+        if scope["method"] != "POST" or scope.get("root_path"):
+            return None
+        return self.routes.get(scope["path"])
+
+    async def answer(self, route: Route, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> int:
+        """Answer a scoring request; its status."""
         scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}
-        await self._answer(route.endpoint, scope, receive, send)
-
-    async def _answer(self, endpoint: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        request = Request(scope, receive, send)
         try:
-            response = await endpoint(request)
+            body = await _body(receive, limit)
+            content = await self.answerers[route.path](_header(scope, b"authorization"), body)
         except _TooLarge:
             raise  # Guard's own
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:
                 raise
+            request = Request(scope, receive, send)
             answered = handler(request, exc)
             response = await answered if inspect.isawaitable(answered) else answered
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+            return response.status_code
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(content)).encode()), JSON_TYPE],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+        return 200
 
     def _handler(self, exc: Exception) -> Callable[[Request, Any], Response | Awaitable[Response]] | None:
         """The app's handler for ``exc``, as Starlette's exception middleware finds it (by the
@@ -299,10 +352,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
         return check
 
-    async def member_of(request: Request) -> Caller:
+    async def member_of(authorization: bytes | None) -> Caller:
         """The scoring routes' caller, as ``Depends(role("member"))`` gives it, read straight from
         the header: FastAPI's dependency chain cost a third of a scoring request's own time."""
-        scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+        scheme, token = get_authorization_scheme_param(
+            authorization.decode("latin-1") if authorization is not None else None
+        )
         return may(await identify(token if scheme.lower() == "bearer" else None), "member")
 
     def rules_of_use(who: Caller, purpose: str, consent: str | None) -> ServingModel:
@@ -340,12 +395,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise refuse(503, "no-model", state.model_problem or "no active model version")
         return serving
 
-    async def answer(request: Request, body_model: type[BaseModel], action: str) -> Response:
-        """Read the body, check the rules of use, then score and audit in the pipeline; the answer
-        leaves only after its audit entry is committed. The body is parsed straight from its bytes
+    async def answer(
+        authorization: bytes | None, raw: bytes, body_model: type[BaseModel], action: str
+    ) -> bytes:
+        """Check the caller and the rules of use, then score and audit in the pipeline: the answer's
+        JSON, only after its audit entry is committed. The body is parsed straight from its bytes
         (one pass, in Rust), the same bytes whose digest the audit entry keeps."""
-        who = await member_of(request)
-        raw = await request.body()
+        who = await member_of(authorization)
         try:
             body: Any = body_model.model_validate_json(raw)
         except ValidationError as exc:
@@ -383,7 +439,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise refuse(
                 503, "scoring-unavailable", "the scoring pipeline has stopped; nothing was scored"
             ) from None
+        return content
+
+    async def answer_request(request: Request, answered: Answerer) -> Response:
+        """FastAPI's way to the same answer (the routes Guard does not take: behind a root path)."""
+        raw = await request.body()
+        content = await answered(_header(request.scope, b"authorization"), raw)
         return Response(content, media_type="application/json")
+
+    single_answer: Answerer = functools.partial(answer, body_model=single_body, action="score")
+    batch_answer: Answerer = functools.partial(answer, body_model=batch_body, action="score.batch")
+    decision_answer: Answerer = functools.partial(answer, body_model=single_body, action="decision")
 
     single_doc, batch_doc = _request_body(single_body), _request_body(batch_body)
 
@@ -396,7 +462,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     async def score_one(request: Request) -> Response:
         """Score one applicant: probability of default, points, grade, four dimension parts, reasons."""
-        return await answer(request, single_body, "score")
+        return await answer_request(request, single_answer)
 
     @app.post(
         "/v1/scores/batch",
@@ -407,7 +473,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     async def score_many(request: Request) -> Response:
         """Score up to the policy's batch size of applicants in one request (one audit entry)."""
-        return await answer(request, batch_body, "score.batch")
+        return await answer_request(request, batch_answer)
 
     @app.post(
         "/v1/decisions",
@@ -419,12 +485,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def decision(request: Request) -> Response:
         """Approve, refer or decline one applicant by the policy's cut-offs, with a suggested limit and,
         unless approved, the strongest reasons against."""
-        return await answer(request, single_body, "decision")
+        return await answer_request(request, decision_answer)
 
     # served by Guard ahead of FastAPI's routes for the same paths, which stay for the OpenAPI document
-    direct.add("/v1/scores", score_one)
-    direct.add("/v1/scores/batch", score_many)
-    direct.add("/v1/decisions", decision)
+    direct.add("/v1/scores", score_one, single_answer)
+    direct.add("/v1/scores/batch", score_many, batch_answer)
+    direct.add("/v1/decisions", decision, decision_answer)
 
     def _summaries(session: Session) -> list[dict[str, Any]]:
         active = active_version(session, state.federation)

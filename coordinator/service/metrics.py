@@ -48,7 +48,10 @@ class Metrics:
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self.requests[(method, route, status)] += 1
-            self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
+            histogram = self.latency.get(route)
+            if histogram is None:
+                histogram = self.latency[route] = Histogram(LATENCY_BUCKETS)
+            histogram.observe(seconds)
 
     def refusal(self, reason: str) -> None:
         with self._lock:

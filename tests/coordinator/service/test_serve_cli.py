@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import select
 
 from coordinator.local_deployment import free_port
 from federation.model import FourDimensionModel
+from policies.audit import AuditEntry
+from tests.audit_db import session_on
 
-from .conftest import TRUST, body, register_model, write_policy
+from .conftest import COUPLE, TRUST, body, register_model, write_policy
 
 FEDCREDIT = str(Path(sys.executable).with_name("fedcredit"))
 ROOT = Path(__file__).resolve().parents[3]
@@ -125,6 +131,44 @@ def test_serve_starts_answers_and_stops(db_url: str, tmp_path: Path, trained) ->
     assert server.returncode in (0, -signal.SIGTERM), stderr.decode()
     assert b"scoring pipeline process" not in stderr
     assert not Path(f"/proc/{pipeline}").exists()
+
+
+def test_a_body_sent_in_chunks_is_read_whole_and_held_to_the_limit(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    """A scoring request whose body comes in pieces (no Content-Length) is scored on the whole body,
+    the digest of every byte on record; one that grows past the limit is refused with 413."""
+    common, env = _on_sqlite(tmp_path, trained)
+    env["FEDCREDIT_MAX_BODY_BYTES"] = "20000"
+    issued = _run("keys", "issue", "--member", "national_bank", "--role", "member", *common, env=env)
+    assert issued.returncode == 0, issued.stderr
+    headers = {
+        "Authorization": f"Bearer {issued.stdout.strip().splitlines()[-1]}",
+        "Content-Type": "application/json",
+    }
+    small = json.dumps(body()).encode()
+    large = json.dumps(
+        {"purpose": "credit_underwriting", "consent_reference": "c", "applicants": [COUPLE] * 100}
+    ).encode()
+    assert len(small) < 20_000 < len(large)
+
+    def pieces(data: bytes, size: int) -> Iterator[bytes]:
+        for start in range(0, len(data), size):
+            time.sleep(0.005)  # apart, so that the server reads them apart
+            yield data[start : start + size]
+
+    server, port = _serve_until_ready(common, env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            scored = http.post("/v1/scores", content=pieces(small, 97), headers=headers)
+            assert scored.status_code == 200, scored.text
+            refused = http.post("/v1/scores/batch", content=pieces(large, 4096), headers=headers)
+            assert refused.status_code == 413 and refused.json()["type"].endswith("/payload-too-large")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.communicate(timeout=30)
+    with session_on(common[common.index("--db") + 1]) as session:
+        queries = session.exec(select(AuditEntry).where(AuditEntry.action.startswith("query."))).all()  # type: ignore[attr-defined]
+    assert [q.input_sha256 for q in queries] == [hashlib.sha256(small).hexdigest()]
+    assert scored.json()["audit_entry"] == queries[0].seq
 
 
 def test_serve_refuses_a_tampered_policy_in_one_line(tmp_path: Path) -> None:
