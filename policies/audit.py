@@ -188,12 +188,10 @@ def chained_rows(
             "detail": "",
         }
         plain = None if rules else _plain_detail(detail)
-        if plain is not None:
+        hashed = None if plain is None else _plain_body(stored, seq, plain)
+        if plain is not None and hashed is not None:  # stored as the general encoder writes it
             stored["detail"] = plain if plain.isascii() else _DETAIL.encode(detail)
-            hashed = _plain_body(stored, seq, plain)
         else:
-            hashed = None
-        if hashed is None:
             stored["detail"] = _DETAIL.encode(detail) if detail else ""
             # hashed_body(stored, seq), without parsing back what has no need of it (no rules: [])
             body = {**stored, "seq": seq, "rules": json.loads(stored["rules"]) if rules else []}
@@ -222,12 +220,12 @@ def _plain_detail(detail: dict[str, Any] | None) -> str | None:
     or null values), written directly; None for any other shape ("" when empty)."""
     if not detail:
         return ""
+    if not all(type(key) is str for key in detail):
+        return None
     parts = []
     for key in sorted(detail):
         value = detail[key]
         kind = type(value)
-        if type(key) is not str:
-            return None
         if kind is str:
             parts.append(f"{_TEXT(key)}:{_TEXT(value)}")
         elif kind is int:
