@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg
+import psycopg.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Table
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, func, select
@@ -54,59 +54,76 @@ class _Statements:
     lock: str | None  # SQLite takes its write lock at BEGIN IMMEDIATE instead
     begin: str | None
     last: str
-    entries: str
+    entries: str  # SQLite: executemany, by position
     records: str
     head: str
-    columns: bool  # entries and records take every row at once, a list per column (else executemany)
-    order: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]]  # executemany: a row's values in order
+    together: str | None  # PostgreSQL: entries, records and head in one statement
+    entry_values: Callable[[dict[str, Any]], tuple[Any, ...]]  # SQLite: a row's values in order
+    record_values: Callable[[dict[str, Any]], tuple[Any, ...]]
 
     @classmethod
     def of(cls, dialect: Dialect) -> _Statements:
         """The chain's own lock and head queries (:mod:`policies.audit`) as the driver's SQL.
 
-        On PostgreSQL a batch's rows go in one statement, each column an array that the server
-        unnests: psycopg spends more Python on every statement it pipelines than the server spends
-        on a row, so one statement per row cost more than the database's work. SQLite takes the
-        rows one by one, by position: binding by name cost more than the insert."""
+        On PostgreSQL a batch's entries, records and signed head go in one statement, the rows'
+        columns as arrays that the server unnests: psycopg spends more on every statement it
+        sends than the server spends on a row. SQLite takes the rows one by one, by position:
+        binding by name cost more than the insert."""
         sqlite = dialect.name == "sqlite"
-        order: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
 
         def sql(statement: Any) -> str:
             return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
-        def insert(table: Table, skip: str = "", rows: bool = False) -> str:
-            columns = [c for c in table.columns if c.name != skip]
-            names = ", ".join(c.name for c in columns)
-            if sqlite and rows:
-                statement = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in columns)})"
-                order[statement] = operator.itemgetter(*(c.name for c in columns))
-                return statement
-            if sqlite:
-                return (
-                    f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(f':{c.name}' for c in columns)})"
-                )
-            if not rows:
-                return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(f'%({c.name})s' for c in columns)})"
-            arrays = ", ".join(f"%({c.name})b::{c.type.compile(dialect=dialect)}[]" for c in columns)
-            return f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"
+        def columns(table: Any, skip: str = "") -> list[Any]:
+            return [c for c in table.__table__.columns if c.name != skip]
 
+        def insert(table: Any, skip: str = "", by_position: bool = False) -> str:
+            cols = columns(table, skip)
+            names = ", ".join(c.name for c in cols)
+            values = ", ".join("?" if by_position else f":{c.name}" for c in cols)
+            return f"INSERT INTO {table.__tablename__} ({names}) VALUES ({values})"
+
+        def values(table: Any, skip: str = "") -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+            return operator.itemgetter(*(c.name for c in columns(table, skip)))
+
+        def unnested(table: Any, prefix: str, skip: str = "") -> str:
+            cols = columns(table, skip)
+            arrays = ", ".join(f"%({prefix}{c.name})b::{c.type.compile(dialect=dialect)}[]" for c in cols)
+            names = ", ".join(c.name for c in cols)
+            return f"INSERT INTO {table.__tablename__} ({names}) SELECT * FROM unnest({arrays})"
+
+        head_columns = columns(SignedHead, "id")
+        together = (
+            f"WITH entries AS ({unnested(AuditEntry, 'e_')}), "
+            f"records AS ({unnested(QueryRecord, 'r_', 'id')}) "
+            f"INSERT INTO {SignedHead.__tablename__} ({', '.join(c.name for c in head_columns)}) "
+            f"VALUES ({', '.join(f'%(h_{c.name})s' for c in head_columns)})"
+        )
         return cls(
             lock=None if sqlite else sql(CHAIN_LOCK.bindparams(key=ADVISORY_LOCK_KEY)),
             begin="BEGIN IMMEDIATE" if sqlite else None,
             last=sql(LAST_ENTRY),
-            entries=insert(AuditEntry.__table__, rows=True),  # type: ignore[attr-defined]
-            records=insert(QueryRecord.__table__, skip="id", rows=True),  # type: ignore[attr-defined]
-            head=insert(SignedHead.__table__, skip="id"),  # type: ignore[attr-defined]
-            columns=not sqlite,
-            order=order,
+            entries=insert(AuditEntry, by_position=True),
+            records=insert(QueryRecord, skip="id", by_position=True),
+            head=insert(SignedHead, skip="id"),
+            together=None if sqlite else together,
+            entry_values=values(AuditEntry),
+            record_values=values(QueryRecord, skip="id"),
         )
 
-    def insert_rows(self, cursor: Any, statement: str, rows: list[dict[str, Any]]) -> None:
-        """``statement`` (:attr:`entries` or :attr:`records`) for every one of ``rows``."""
-        if self.columns:
-            cursor.execute(statement, {name: [row[name] for row in rows] for name in rows[0]})
-        else:
-            cursor.executemany(statement, map(self.order[statement], rows))
+    def write(
+        self, cursor: Any, entries: list[dict[str, Any]], records: list[dict[str, Any]], head: dict[str, Any]
+    ) -> None:
+        """Insert a batch's entries, its records and its signed head."""
+        if self.together is None:
+            cursor.executemany(self.entries, map(self.entry_values, entries))
+            cursor.executemany(self.records, map(self.record_values, records))
+            cursor.execute(self.head, head)
+            return
+        parameters = {f"e_{name}": [row[name] for row in entries] for name in entries[0]}
+        parameters.update({f"r_{name}": [row[name] for row in records] for name in records[0]})
+        parameters.update({f"h_{name}": value for name, value in head.items()})
+        cursor.execute(self.together, parameters)
 
 
 class Query(NamedTuple):
@@ -137,6 +154,9 @@ class AuditWriter:
         self._sql = _Statements.of(engine.dialect)
         self._signer = public_key_text(key.public_key())
         self._connection: PoolProxiedConnection | None = None  # the pipeline process's own
+        # PostgreSQL: the chain's head as this writer's last commit left it; the next batch follows
+        # it without reading it back (a round trip), unless another writer appended meanwhile
+        self._head: tuple[int, str] | None = None
 
     def write(self, batch: list[Query]) -> list[int]:
         """Commit ``batch``'s entries and records; their entry numbers. Raises :class:`AuditUnavailable`."""
@@ -165,8 +185,9 @@ class AuditWriter:
         fresh = self._connection is None
         connection = self._connection or self.engine.raw_connection()
         self._connection = None  # kept again only after a clean commit
+        head, self._head = self._head, None  # likewise
         try:
-            seqs = self._append(connection, batch)
+            rows = self._following(connection, batch, head)
         except Exception:
             connection.invalidate()  # whatever state it is in, it is not used again
             if fresh:
@@ -175,18 +196,34 @@ class AuditWriter:
             # on a new one; nothing of the failed attempt was committed
             connection = self.engine.raw_connection()
             try:
-                seqs = self._append(connection, batch)
+                rows = self._append(connection, batch, None)
             except Exception:
                 connection.invalidate()
                 raise
         self._connection = connection
-        return seqs
+        if self._sql.together is not None:
+            self._head = (rows[-1]["seq"], rows[-1]["hash"])
+        return [row["seq"] for row in rows]
 
-    def _append(self, connection: PoolProxiedConnection, batch: list[Query]) -> list[int]:
+    def _following(
+        self, connection: PoolProxiedConnection, batch: list[Query], head: tuple[int, str] | None
+    ) -> list[dict[str, Any]]:
+        """Append after ``head`` when it is known; if another writer appended since, the first new
+        entry's number is taken and nothing was written: read the head and append again."""
+        if head is not None:
+            try:
+                return self._append(connection, batch, head)
+            except psycopg.errors.UniqueViolation:
+                pass
+        return self._append(connection, batch, None)
+
+    def _append(
+        self, connection: PoolProxiedConnection, batch: list[Query], head: tuple[int, str] | None
+    ) -> list[dict[str, Any]]:
         cursor = connection.cursor()
         try:
             with _pipelined(connection):
-                seqs = self._statements(cursor, batch)
+                rows = self._statements(cursor, batch, head)
                 connection.commit()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -195,20 +232,25 @@ class AuditWriter:
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
-        return seqs
+        return rows
 
-    def _statements(self, cursor: Any, batch: list[Query]) -> list[int]:
-        """Lock the chain, read its head, append the entries, their records and a signed head."""
+    def _statements(
+        self, cursor: Any, batch: list[Query], head: tuple[int, str] | None
+    ) -> list[dict[str, Any]]:
+        """Lock the chain, read its head (unless ``head`` is given), append the entries, their
+        records and a signed head; the entries."""
         sql = self._sql
         if sql.begin:
             cursor.execute(sql.begin)
         if sql.lock:
             cursor.execute(sql.lock)
-        cursor.execute(sql.last)
-        last = cursor.fetchone()
+        if head is None:
+            cursor.execute(sql.last)
+            last = cursor.fetchone()
+            head = None if last is None else (last[0], last[1])
         ts = utc_stamp()  # one time for the batch's entries, records and signed head
         rows = chained_rows(
-            None if last is None else (last[0], last[1]),
+            head,
             [
                 {
                     "actor": f"member:{q.member}",
@@ -228,29 +270,23 @@ class AuditWriter:
             ],
             ts,
         )
-        sql.insert_rows(cursor, sql.entries, rows)
-        sql.insert_rows(
-            cursor,
-            sql.records,
-            [
-                {
-                    "ts": ts,
-                    "member": q.member,
-                    "action": q.action,
-                    "purpose": q.purpose,
-                    "consent_reference": q.consent_reference,
-                    "model_version": q.model_version,
-                    "input_sha256": q.input_sha256,
-                    "applicants": q.applicants,
-                    "audit_seq": row["seq"],
-                }
-                for q, row in zip(batch, rows, strict=True)
-            ],
-        )
-        cursor.execute(
-            sql.head, signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"], self._signer, ts)
-        )
-        return [row["seq"] for row in rows]
+        records = [
+            {
+                "ts": ts,
+                "member": q.member,
+                "action": q.action,
+                "purpose": q.purpose,
+                "consent_reference": q.consent_reference,
+                "model_version": q.model_version,
+                "input_sha256": q.input_sha256,
+                "applicants": q.applicants,
+                "audit_seq": row["seq"],
+            }
+            for q, row in zip(batch, rows, strict=True)
+        ]
+        signed = signed_head_row(self.key, rows[-1]["seq"], rows[-1]["hash"], self._signer, ts)
+        sql.write(cursor, rows, records, signed)
+        return rows
 
     def close(self) -> None:
         """Give the writer's connection back (the pipeline has stopped)."""

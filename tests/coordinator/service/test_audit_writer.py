@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from coordinator.service.audit_writer import AuditUnavailable, AuditWriter, Query
-from policies.audit import AuditEntry, SignedHead, create_audit_engine, verify_chain
+from policies.audit import AuditEntry, SignedHead, create_audit_engine, record, verify_chain
 from policies.demo_keys import DEMO_COORDINATOR_KEY
 from policies.query_log import QueryRecord
 from policies.signing import load_private_key, public_key_text
@@ -98,3 +98,34 @@ def test_a_batch_that_cannot_be_written_fails_whole_and_leaves_nothing(engine: E
         assert session.exec(select(func.count()).select_from(SignedHead)).one() == 1
         report = verify_chain(session, TRUSTED, allow_open_run=True)
     assert report.ok and report.checked == 1, report.problem
+
+
+def test_a_batch_after_another_writers_entry_still_follows_the_chain(engine: Engine) -> None:
+    """On PostgreSQL the writer appends after the head its last commit left, without reading it back;
+    when another writer (e.g. `fedcredit models promote`) appended meanwhile, that batch's first
+    number is taken, nothing of it is written, and it is appended again after the real head."""
+    writer = AuditWriter(engine, KEY, retention_days=30)
+    heads: list[tuple[int, str] | None] = []
+    append = writer._append
+
+    def spy(connection, batch, head):  # type: ignore[no-untyped-def]
+        heads.append(head)
+        return append(connection, batch, head)
+
+    writer._append = spy  # type: ignore[method-assign]
+    assert writer.write([query(1)]) == [1]
+    record(engine, actor="admin:cli", action="model.promote", resource="v2")
+    assert writer.write([query(2), query(3)]) == [3, 4]
+    assert writer.write([query(4)]) == [5]
+    writer.close()
+
+    with Session(engine) as session:
+        report = verify_chain(session, TRUSTED, allow_open_run=True)
+        actions = session.exec(select(AuditEntry.action).order_by(AuditEntry.seq)).all()  # type: ignore[arg-type]
+    assert report.ok and report.checked == 5 and report.signed_seq == 5, report.problem
+    assert actions == ["query.score", "model.promote", "query.score", "query.score", "query.score"]
+    assert counts(engine) == (5, 4, 3)
+    if engine.dialect.name == "postgresql":  # remembered, refused once, read again, remembered
+        assert [h if h is None else h[0] for h in heads] == [None, 1, None, 4]
+    else:  # SQLite reads the head every time (no round trip to save)
+        assert heads == [None, None, None]
