@@ -120,3 +120,17 @@ def test_scoring_routes_are_served_directly_and_keep_their_metrics_and_errors(st
         assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
     finally:
         routes[:] = kept
+    # and the other way round: with the direct routes gone (as behind a root path), FastAPI's own
+    # routes give the same answers
+    (direct,) = [m.kwargs["direct"] for m in service.client.app.user_middleware if "direct" in m.kwargs]
+    answers = dict(direct.routes)
+    direct.routes.clear()
+    try:
+        scored = service.client.post("/v1/scores", json=body(), headers=headers)
+        assert scored.status_code == 200 and scored.json()["audit_entry"] > 0
+        refused = service.client.post(
+            "/v1/decisions", json=body(), headers=service.headers("consortium_auditor")
+        )
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+    finally:
+        direct.routes.update(answers)
