@@ -322,13 +322,13 @@ def reason_records(
     *,
     adverse: bool = False,
     given: list[dict[str, Any]] | None = None,
-    mean: np.ndarray | None = None,
+    compiled: NumpyTowers | None = None,
 ) -> list[list[dict[str, Any]]]:
     """:func:`reason_codes` (or with ``adverse``, :func:`adverse_reasons`) as JSON-ready dicts, fast.
 
     With ``given`` (each applicant's fields as sent) a reason's ``value`` is the value sent; else it
-    is recovered from the encoded data (a ``logit`` rate only within its clip). ``mean``: the
-    model's ``mean`` as numpy, when the caller holds it already (:class:`NumpyTowers`).
+    is recovered from the encoded data (a ``logit`` rate only within its clip). ``compiled``: the
+    model's :func:`compile_towers`, when the caller holds it already (as for :func:`towers_and_effects`).
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
@@ -356,8 +356,7 @@ def reason_records(
     effect = effects[row_of, feature]
     n_num = len(layout.numeric)
     # each input's state, its text's index: numeric 0 low / 1 high / 2 missing; categorical: its code
-    if mean is None:
-        mean = model.mean.detach().cpu().numpy()
+    mean = compiled.mean if compiled is not None else model.mean.detach().cpu().numpy()
     states = np.empty((len(data), width), dtype=np.int64)
     with np.errstate(invalid="ignore"):
         states[:, :n_num] = np.where(np.isnan(data.numeric), 2, data.numeric > mean)

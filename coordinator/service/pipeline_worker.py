@@ -235,7 +235,7 @@ class Worker:
                 MAX_REASONS,
                 adverse=True,
                 given=[applicant],
-                mean=serving.towers.mean,
+                compiled=serving.towers,
             )[0]
         return {"decision": verdict, "suggested_limit": round(limit, 2), "adverse_reasons": adverse}
 

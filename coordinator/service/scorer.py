@@ -133,7 +133,7 @@ def score_batch(
         contributions=contributions,
         grades=grades(pd_, rules.decision),
         reasons=reason_records(
-            serving.model, serving.schema, data, effects, MAX_REASONS, given=given, mean=serving.towers.mean
+            serving.model, serving.schema, data, effects, MAX_REASONS, given=given, compiled=serving.towers
         ),
         effects=effects,
     )
